@@ -1,0 +1,154 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/ipfs/kubo/client/rpc"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// DefaultKuboAPI is where kubo's CLI looks when $IPFS_PATH/api does not exist.
+const DefaultKuboAPI = "/ip4/127.0.0.1/tcp/5001"
+
+// KuboAPIURL turns what a user may pass as --api into the base URL of a kubo
+// RPC endpoint: a multiaddr (/ip4/127.0.0.1/tcp/5001, /dns/host/tcp/5001,
+// /unix/path), an http(s):// URL, or "" for kubo's own default: the multiaddr
+// in $IPFS_PATH/api (IPFS_PATH defaulting to ~/.ipfs), else DefaultKuboAPI.
+func KuboAPIURL(addr string) (url string, unixSocket string, err error) {
+	if addr == "" {
+		addr = DefaultKuboAPI
+		root := os.Getenv("IPFS_PATH")
+		if root == "" {
+			if home, err := os.UserHomeDir(); err == nil {
+				root = filepath.Join(home, ".ipfs")
+			}
+		}
+		if root != "" {
+			if b, err := os.ReadFile(filepath.Join(root, "api")); err == nil {
+				addr = strings.TrimSpace(string(b))
+			}
+		}
+	}
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		return strings.TrimRight(addr, "/"), "", nil
+	}
+	m, err := ma.NewMultiaddr(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("kubo API address %q is neither a multiaddr nor an http(s) URL: %v", addr, err)
+	}
+	network, host, err := manet.DialArgs(m)
+	if err != nil {
+		return "", "", fmt.Errorf("kubo API address %q: %v", addr, err)
+	}
+	if network == "unix" {
+		return "http://unix", host, nil
+	}
+	scheme := "http://"
+	for _, p := range m.Protocols() {
+		if p.Code == ma.P_HTTPS || p.Code == ma.P_TLS {
+			scheme = "https://"
+		}
+	}
+	return scheme + host, "", nil
+}
+
+// NewKuboClient returns a kubo RPC client for addr (see KuboAPIURL) that keeps
+// connections alive; the client's own constructor disables keep-alive, which
+// costs a TCP handshake per block.
+func NewKuboClient(addr string) (*rpc.HttpApi, string, error) {
+	url, sock, err := KuboAPIURL(addr)
+	if err != nil {
+		return nil, "", err
+	}
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if sock != "" {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}
+	}
+	api, err := rpc.NewURLApiWithClient(url, &http.Client{Transport: tr})
+	if err != nil {
+		return nil, "", err
+	}
+	if sock != "" {
+		url = "unix:" + sock
+	}
+	return api, url, nil
+}
+
+// Kubo is a block source backed by a kubo node's RPC API (block/get). Kubo
+// fetches from the IPFS network what it does not hold; Timeout bounds that.
+type Kubo struct {
+	api     *rpc.HttpApi
+	url     string
+	timeout time.Duration
+}
+
+// DefaultBlockTimeout bounds one block request to a source.
+const DefaultBlockTimeout = 30 * time.Second
+
+// NewKubo returns a source for the kubo RPC API at addr (see KuboAPIURL).
+// timeout bounds each block request; zero means DefaultBlockTimeout.
+func NewKubo(addr string, timeout time.Duration) (*Kubo, error) {
+	api, url, err := NewKuboClient(addr)
+	if err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		timeout = DefaultBlockTimeout
+	}
+	return &Kubo{api: api, url: url, timeout: timeout}, nil
+}
+
+// String names the source in logs.
+func (k *Kubo) String() string { return "kubo " + k.url }
+
+// GetBlock fetches one block with block/get. The block is NOT verified here;
+// wrap the source in Verify.
+func (k *Kubo) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	ctx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	resp, err := k.api.Request("block/get", c.String()).Send(ctx)
+	if err != nil {
+		return nil, k.wrap(ctx, c, err)
+	}
+	if resp.Error != nil {
+		resp.Cancel()
+		if strings.Contains(resp.Error.Message, "not found") {
+			return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockNotFound, c)
+		}
+		return nil, k.wrap(ctx, c, resp.Error)
+	}
+	defer resp.Cancel()
+	data, err := io.ReadAll(io.LimitReader(resp.Output, MaxBlockSize+1))
+	if err != nil {
+		return nil, k.wrap(ctx, c, err)
+	}
+	if len(data) > MaxBlockSize {
+		return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockTooLarge, c)
+	}
+	return blocks.NewBlockWithCid(data, c)
+}
+
+func (k *Kubo) wrap(ctx context.Context, c cid.Cid, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%s: block %s: no answer within %v: %w", k, c, k.timeout, ctx.Err())
+	}
+	return fmt.Errorf("%s: block %s: %w", k, c, err)
+}
