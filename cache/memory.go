@@ -1,0 +1,130 @@
+package cache
+
+import (
+	"context"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ipnix/ipnix/fetch"
+)
+
+// Stats counts cache traffic; fields are updated atomically.
+type Stats struct {
+	Hits      atomic.Int64
+	Misses    atomic.Int64
+	Evictions atomic.Int64
+}
+
+// Memory is a byte-bounded LRU of blocks in front of another BlockGetter.
+type Memory struct {
+	src      fetch.BlockGetter
+	maxBytes int64
+	Stats    Stats
+
+	mu    sync.Mutex
+	lru   *simplelru.LRU[string, []byte]
+	bytes int64
+
+	inflight singleflight.Group
+}
+
+// NewMemory returns a cache of at most maxBytes of block data in front of src.
+// A maxBytes of zero or less disables caching but still merges concurrent
+// fetches.
+func NewMemory(src fetch.BlockGetter, maxBytes int64) *Memory {
+	m := &Memory{src: src, maxBytes: maxBytes}
+	// The LRU's own bound is by count; the byte bound is kept in add.
+	m.lru, _ = simplelru.NewLRU[string, []byte](math.MaxInt32, func(_ string, v []byte) {
+		m.bytes -= int64(len(v))
+	})
+	return m
+}
+
+// GetBlock returns the block from memory or fetches it from the layer below.
+func (m *Memory) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	key := string(c.Hash())
+	if data, ok := m.get(key); ok {
+		m.Stats.Hits.Add(1)
+		return blocks.NewBlockWithCid(data, c)
+	}
+	m.Stats.Misses.Add(1)
+	ch := m.inflight.DoChan(key, func() (any, error) {
+		// The fetch outlives a waiter that gives up; the source bounds it.
+		b, err := m.src.GetBlock(context.WithoutCancel(ctx), c)
+		if err != nil {
+			return nil, err
+		}
+		m.add(key, b.RawData())
+		return b.RawData(), nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return blocks.NewBlockWithCid(r.Val.([]byte), c)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (m *Memory) get(key string) ([]byte, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Get(key)
+}
+
+func (m *Memory) add(key string, data []byte) {
+	size := int64(len(data))
+	if size > m.maxBytes {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lru.Contains(key) {
+		return
+	}
+	for m.bytes+size > m.maxBytes {
+		if _, _, ok := m.lru.RemoveOldest(); !ok {
+			break
+		}
+		m.Stats.Evictions.Add(1)
+	}
+	m.lru.Add(key, data)
+	m.bytes += size
+}
+
+// Remove drops the block named by c, if held.
+func (m *Memory) Remove(c cid.Cid) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lru.Remove(string(c.Hash()))
+}
+
+// Contains reports whether the block named by c is held, without touching
+// its recency.
+func (m *Memory) Contains(c cid.Cid) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Contains(string(c.Hash()))
+}
+
+// Bytes is the amount of block data held.
+func (m *Memory) Bytes() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.bytes
+}
+
+// Len is the number of blocks held.
+func (m *Memory) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Len()
+}
