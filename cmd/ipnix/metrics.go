@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ipnix/ipnix/cache"
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/fusefs"
+)
+
+// metrics gathers the counters of one mount.
+type metrics struct {
+	fetched *fetch.Stats
+	mem     *cache.Memory
+	fs      *fusefs.FS
+}
+
+// write prints the counters in the Prometheus text format.
+func (m *metrics) write(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	line := func(name, help, typ string, v int64) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n%s %d\n", name, help, name, typ, name, v)
+	}
+	line("ipnix_fetch_blocks_total", "Verified blocks fetched from sources.", "counter", m.fetched.Blocks.Load())
+	line("ipnix_fetch_bytes_total", "Bytes of verified blocks fetched from sources.", "counter", m.fetched.Bytes.Load())
+	line("ipnix_fetch_failures_total", "Block fetches that failed.", "counter", m.fetched.Failures.Load())
+	line("ipnix_fetch_hash_mismatches_total", "Blocks refused because their hash did not match their CID.", "counter", m.fetched.HashMismatches.Load())
+	line("ipnix_memory_cache_hits_total", "Block requests answered from memory.", "counter", m.mem.Stats.Hits.Load())
+	line("ipnix_memory_cache_misses_total", "Block requests that went below the memory cache.", "counter", m.mem.Stats.Misses.Load())
+	line("ipnix_memory_cache_evictions_total", "Blocks evicted from memory.", "counter", m.mem.Stats.Evictions.Load())
+	line("ipnix_memory_cache_bytes", "Bytes of blocks held in memory.", "gauge", m.mem.Bytes())
+	line("ipnix_store_paths_shown_total", "Store-path lookups answered with a path.", "counter", m.fs.Stats.Lookups.Load())
+	line("ipnix_store_paths_refused_total", "Store-path lookups refused.", "counter", m.fs.Stats.LookupsRefused.Load())
+	line("ipnix_store_paths_verified_total", "Store paths whose whole NAR matched NarHash.", "counter", m.fs.Stats.Verified.Load())
+	line("ipnix_store_paths_quarantined_total", "Store paths whose NAR did not match NarHash.", "counter", m.fs.Stats.Quarantined.Load())
+}
+
+// serveMetrics serves /metrics on ln until the returned stop is called.
+func serveMetrics(ln net.Listener, m *metrics, log *slog.Logger) (stop func()) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { m.write(w) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}
+}

@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ipnix/ipnix/cache"
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/fusefs"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// mountConfig is everything `ipnix mount` is told, from flags and -o.
+type mountConfig struct {
+	MountPoint    string
+	Substituters  []string
+	TrustedKeys   []string
+	API           string
+	MemoryCache   int64
+	NoRequireSigs bool
+	BlockTimeout  time.Duration
+	Metrics       string
+	Debug         bool
+	AllowOther    bool
+	KernelOptions []string
+}
+
+const mountSynopsis = `Usage: ipnix mount [flags] [SOURCE] MOUNTPOINT
+
+Serve a read-only Nix store at MOUNTPOINT. <MOUNTPOINT>/<hash>-<name> appears
+when looked up, once its narinfo is found in a substituter, signed by a
+trusted key and carries an IpfsCid; its files are fetched from IPFS block by
+block when read, each block checked against its CID, and the whole NAR checked
+against the signed NarHash once every file has been read. Runs in the
+foreground; SIGINT or SIGTERM unmounts. SOURCE is ignored (mount(8) passes one).
+
+Example:
+  ipnix mount --substituter file:///srv/cache \
+    --trusted-public-key "$(cat cache.pub)" /mnt/ipnix
+`
+
+func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
+	c := &mountConfig{MemoryCache: 256 << 20}
+	fs := newFlagSet("mount", mountSynopsis, out)
+	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
+	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
+	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
+	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
+	fs.DurationVar(&c.BlockTimeout, "block-timeout", fetch.DefaultBlockTimeout, "longest wait for one block before the read fails with EIO")
+	fs.StringVar(&c.Metrics, "metrics", "", "serve counters over HTTP on this loopback address, e.g. 127.0.0.1:9464 (/metrics, Prometheus text)")
+	opts := fs.StringArrayP("option", "o", nil, "mount options as mount(8) passes them: opt,opt=value,... (see below)")
+	fs.BoolVar(&c.Debug, "debug", false, "log debug messages and every FUSE request")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "%s\nFlags:\n%s\n%s", mountSynopsis, fs.FlagUsages(), mountOptionsHelp)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err}
+	}
+	for _, o := range *opts {
+		if err := c.applyOptions(o); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	switch fs.NArg() {
+	case 1:
+		c.MountPoint = fs.Arg(0)
+	case 2:
+		c.MountPoint = fs.Arg(1)
+	default:
+		return nil, usageError{fmt.Errorf("mount needs exactly one MOUNTPOINT (got %d arguments)", fs.NArg())}
+	}
+	if len(c.Substituters) == 0 {
+		return nil, usageError{errors.New("no --substituter given: where should narinfos come from?")}
+	}
+	if len(c.TrustedKeys) == 0 && !c.NoRequireSigs {
+		return nil, usageError{errors.New("no --trusted-public-key given; signatures are required (pass --no-require-sigs to accept unsigned narinfos)")}
+	}
+	if c.BlockTimeout <= 0 {
+		return nil, usageError{fmt.Errorf("--block-timeout %v must be positive", c.BlockTimeout)}
+	}
+	return c, nil
+}
+
+const mountOptionsHelp = `Mount options (-o), as in fstab:
+  substituter=URL, trusted-public-key=KEY, api=ADDR, memory-cache=SIZE,
+  block-timeout=DURATION, metrics=ADDR
+                     the flags of the same name (substituter and trusted-public-key
+                     may repeat; use ';' inside one value is not supported)
+  no-require-sigs    as the flag; require-sigs undoes it
+  debug              as --debug
+  allow_other        let every user read the mount (needed for a /nix/store overlay)
+  default_permissions, nosuid, nodev, noexec, exec, suid, dev
+                     passed to the kernel
+  ro                 accepted (the mount is always read-only); rw is refused
+  _netdev, nofail, noauto, auto, user, users, defaults
+                     fstab-only words, ignored
+`
+
+// applyOptions applies one -o argument: comma-separated words.
+func (c *mountConfig) applyOptions(s string) error {
+	for _, o := range strings.Split(s, ",") {
+		if o == "" {
+			continue
+		}
+		key, val, hasVal := strings.Cut(o, "=")
+		need := func() error {
+			if !hasVal || val == "" {
+				return fmt.Errorf("mount option %q needs a value (%s=...)", key, key)
+			}
+			return nil
+		}
+		var err error
+		switch key {
+		case "substituter":
+			if err = need(); err == nil {
+				c.Substituters = append(c.Substituters, val)
+			}
+		case "trusted-public-key":
+			if err = need(); err == nil {
+				c.TrustedKeys = append(c.TrustedKeys, val)
+			}
+		case "api":
+			if err = need(); err == nil {
+				c.API = val
+			}
+		case "memory-cache":
+			if err = need(); err == nil {
+				c.MemoryCache, err = parseSize(val)
+			}
+		case "block-timeout":
+			if err = need(); err == nil {
+				c.BlockTimeout, err = time.ParseDuration(val)
+			}
+		case "metrics":
+			if err = need(); err == nil {
+				c.Metrics = val
+			}
+		case "no-require-sigs":
+			c.NoRequireSigs = true
+		case "require-sigs":
+			c.NoRequireSigs = false
+		case "debug":
+			c.Debug = true
+		case "allow_other":
+			c.AllowOther = true
+		case "default_permissions", "nosuid", "nodev", "noexec", "exec", "suid", "dev":
+			c.KernelOptions = append(c.KernelOptions, key)
+		case "ro", "_netdev", "nofail", "noauto", "auto", "user", "users", "defaults":
+		case "rw":
+			return errors.New("mount option rw: ipnix mounts are read-only")
+		default:
+			return fmt.Errorf("unknown mount option %q", o)
+		}
+		if err != nil {
+			return fmt.Errorf("mount option %q: %w", o, err)
+		}
+	}
+	return nil
+}
+
+func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseMountArgs(args, stdout)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, c.Debug)
+
+	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs}
+	for _, k := range c.TrustedKeys {
+		pk, err := narindex.ParsePublicKey(k)
+		if err != nil {
+			return usageError{fmt.Errorf("--trusted-public-key %q: %w", k, err)}
+		}
+		res.TrustedKeys = append(res.TrustedKeys, pk)
+	}
+	for _, u := range c.Substituters {
+		s, err := narindex.OpenSubstituter(u, narindex.SubstituterOptions{})
+		if err != nil {
+			return usageError{fmt.Errorf("--substituter %q: %w", u, err)}
+		}
+		res.Substituters = append(res.Substituters, s)
+	}
+	kubo, err := fetch.NewKubo(c.API, c.BlockTimeout)
+	if err != nil {
+		return usageError{fmt.Errorf("--api: %w", err)}
+	}
+	if err := pingKubo(ctx, kubo); err != nil {
+		log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
+	}
+	var fetched fetch.Stats
+	mem := cache.NewMemory(fetch.Verify(kubo, &fetched), c.MemoryCache)
+	fsys := fusefs.New(fusefs.Config{
+		Resolver: res,
+		Blocks:   mem,
+		Evict:    mem.Remove,
+		Log:      log,
+	})
+	if c.Metrics != "" {
+		ln, err := net.Listen("tcp", c.Metrics)
+		if err != nil {
+			return usageError{fmt.Errorf("--metrics %q: %w", c.Metrics, err)}
+		}
+		stopMetrics := serveMetrics(ln, &metrics{fetched: &fetched, mem: mem, fs: fsys}, log)
+		defer stopMetrics()
+		fmt.Fprintf(stderr, "ipnix: metrics on http://%s/metrics\n", ln.Addr())
+	}
+	srv, err := fusefs.Mount(c.MountPoint, fsys, fusefs.MountOptions{
+		AllowOther: c.AllowOther,
+		Options:    c.KernelOptions,
+		Debug:      c.Debug,
+	})
+	if err != nil {
+		return codedError{exitMount, err}
+	}
+	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; kubo: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), kubo)
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	select {
+	case <-done:
+		log.Info("unmounted from outside", "dir", c.MountPoint)
+	case <-ctx.Done():
+		unmountServer(srv, c.MountPoint, log)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			log.Warn("mount still busy; exiting with it detached", "dir", c.MountPoint)
+		}
+	}
+	fmt.Fprintf(stderr, "ipnix: unmounted %s; fetched %d blocks, %d bytes\n", c.MountPoint, fetched.Blocks.Load(), fetched.Bytes.Load())
+	return nil
+}
+
+// unmounter is the part of *fuse.Server unmountServer needs.
+type unmounter interface{ Unmount() error }
+
+// unmountServer unmounts, retrying while the mount is busy, and detaches it
+// lazily as a last resort so the process can always exit.
+func unmountServer(srv unmounter, dir string, log *slog.Logger) {
+	for i := range 5 {
+		err := srv.Unmount()
+		if err == nil {
+			return
+		}
+		log.Warn("unmount failed; retrying", "dir", dir, "attempt", i+1, "err", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+	log.Warn("detaching busy mount lazily", "dir", dir)
+	_ = fusefs.Detach(dir)
+}
+
+func pingKubo(ctx context.Context, k *fetch.Kubo) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return k.Ping(ctx)
+}
+

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/narindex"
+	"github.com/ipnix/ipnix/publish"
+)
+
+type publishConfig struct {
+	To        string
+	From      string
+	SecretKey string
+	API       string
+	NoClosure bool
+	Chunker   string
+	Debug     bool
+	Paths     []string
+}
+
+const publishSynopsis = `Usage: ipnix publish --to DIR [flags] STOREPATH...
+       ipnix publish --to DIR [flags] --from CACHE
+
+Add store paths from the local Nix store (with their closure, unless
+--no-closure) to IPFS through a kubo node, and write DIR as a binary cache:
+nix-cache-info, <hash>.narinfo (with IpfsCid, and with --secret-key a Sig and
+an IpfsCidSig), <hash>.ls and nar/<hash>.nar. DIR is also a normal binary
+cache that plain Nix can substitute from (file://DIR).
+
+With --from, republish an existing local binary cache (a directory or
+file:// URL; NARs compressed with xz, zstd, bzip2 or none), keeping its
+narinfo fields and signatures.
+
+Paths whose narinfo in DIR already has an IpfsCid are skipped. NARs are
+stored as CIDv1, raw leaves, 256 KiB chunks, balanced layout, pinned, so
+anyone can recompute a CID with "ipfs add --cid-version=1".
+`
+
+func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
+	c := &publishConfig{}
+	fs := newFlagSet("publish", publishSynopsis, out)
+	fs.StringVar(&c.To, "to", "", "binary cache directory to write (required)")
+	fs.StringVar(&c.From, "from", "", "republish this local binary cache (directory or file:// URL) instead of store paths")
+	fs.StringVar(&c.SecretKey, "secret-key", "", "Nix secret key file (nix-store --generate-binary-cache-key) to sign narinfos and CIDs with")
+	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.BoolVar(&c.NoClosure, "no-closure", false, "publish only the paths named, not what they reference")
+	fs.StringVar(&c.Chunker, "chunker", publish.DefaultChunker, "kubo chunker for NARs (size-N, rabin-..., buzhash)")
+	fs.BoolVar(&c.Debug, "debug", false, "log debug messages")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err}
+	}
+	c.Paths = fs.Args()
+	switch {
+	case c.To == "":
+		return nil, usageError{errors.New("publish needs --to DIR")}
+	case c.From == "" && len(c.Paths) == 0:
+		return nil, usageError{errors.New("publish needs STOREPATH arguments or --from CACHE")}
+	case c.From != "" && len(c.Paths) > 0:
+		return nil, usageError{errors.New("give either STOREPATH arguments or --from, not both")}
+	}
+	for _, p := range c.Paths {
+		if _, err := narindex.ParseStorePath(p); err != nil {
+			return nil, usageError{fmt.Errorf("%q is not a store path: %w", p, err)}
+		}
+	}
+	return c, nil
+}
+
+func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parsePublishArgs(args, stdout)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, c.Debug)
+	var key *narindex.SecretKey
+	if c.SecretKey != "" {
+		k, err := narindex.LoadSecretKeyFile(c.SecretKey)
+		if err != nil {
+			return usageError{fmt.Errorf("--secret-key %s: %w", c.SecretKey, err)}
+		}
+		key = &k
+	}
+	api, url, err := fetch.NewKuboClient(c.API)
+	if err != nil {
+		return usageError{fmt.Errorf("--api: %w", err)}
+	}
+	kubo, _ := fetch.NewKubo(c.API, 0)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = kubo.Ping(pctx)
+	cancel()
+	if err != nil {
+		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
+	}
+	isTerm := false
+	if f, ok := stderr.(*os.File); ok {
+		isTerm = term.IsTerminal(int(f.Fd()))
+	}
+	p, err := publish.New(&publish.KuboAdder{API: api, Chunker: c.Chunker}, publish.Options{
+		To:        c.To,
+		SecretKey: key,
+		Progress:  publish.NewProgress(stderr, isTerm),
+		Log:       log,
+	})
+	if err != nil {
+		return err
+	}
+	if c.From != "" {
+		_, err = p.Cache(ctx, c.From)
+	} else {
+		_, err = p.StorePaths(ctx, c.Paths, !c.NoClosure)
+	}
+	return err
+}

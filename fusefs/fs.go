@@ -1,0 +1,103 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// Resolver finds and accepts a store path's narinfo and listing.
+// *narindex.Resolver implements it.
+type Resolver interface {
+	Resolve(ctx context.Context, base string) (*narindex.Resolved, error)
+}
+
+// Config is what a mount is built from; cmd/ipnix wires concrete types in.
+type Config struct {
+	Resolver Resolver
+	// Blocks serves verified blocks (fetch.Verify under any caches).
+	Blocks fetch.BlockGetter
+	// Evict drops a block from every cache; called when a store path is
+	// quarantined. May be nil.
+	Evict func(cid.Cid)
+	// EagerVerifyBytes: NARs up to this size are fetched and checked against
+	// NarHash before the store path is shown. Default 1 MiB; negative
+	// disables.
+	EagerVerifyBytes int64
+	Log              *slog.Logger
+}
+
+// Stats counts what the filesystem did; fields are updated atomically.
+type Stats struct {
+	Lookups        atomic.Int64 // store paths resolved and shown
+	LookupsRefused atomic.Int64 // store-path lookups answered ENOENT or EIO
+	Verified       atomic.Int64 // store paths whose whole NAR matched NarHash
+	Quarantined    atomic.Int64 // store paths whose NAR did not
+}
+
+// FS is the state of one mount: every node points to it.
+type FS struct {
+	cfg   Config
+	log   *slog.Logger
+	root  *rootNode
+	Stats Stats
+
+	mu    sync.Mutex
+	paths map[string]*storePath // accepted store paths by basename
+	next  uint32                // last store-path index handed out
+
+	lookups singleflight.Group
+}
+
+// New returns a filesystem serving cfg.
+func New(cfg Config) *FS {
+	if cfg.EagerVerifyBytes == 0 {
+		cfg.EagerVerifyBytes = 1 << 20
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath)}
+	f.root = &rootNode{fsys: f}
+	return f
+}
+
+// Timeouts handed to the kernel. Store paths never change, so whatever the
+// kernel learns about their insides may be kept long. A name that is not
+// (yet) published may appear later, so root-level misses are kept briefly.
+const (
+	immutableTimeout    = 24 * time.Hour
+	rootNegativeTimeout = 30 * time.Second
+)
+
+// errno maps an error from below to what the kernel gets. Errors that are
+// neither "not there" nor "interrupted" are logged by the caller and become
+// EIO.
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, narindex.ErrNotFound), errors.Is(err, narindex.ErrRejected):
+		return syscall.ENOENT
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	default:
+		return syscall.EIO
+	}
+}
+
+// ino builds an inode number from a store-path index and an entry ordinal.
+func ino(index, ordinal uint32) uint64 {
+	return uint64(index)<<32 | uint64(ordinal)
+}

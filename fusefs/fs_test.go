@@ -1,0 +1,368 @@
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"testing/fstest"
+
+	"github.com/ipnix/ipnix/cache"
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// fakeResolver serves narinfos and listings from memory.
+type fakeResolver struct {
+	mu    sync.Mutex
+	paths map[string]*narindex.Resolved
+	calls int
+}
+
+func (r *fakeResolver) Resolve(ctx context.Context, base string) (*narindex.Resolved, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	res, ok := r.paths[base]
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", base, narindex.ErrNotFound)
+	}
+	return res, nil
+}
+
+// fixture is a store path built from an in-memory tree.
+type fixture struct {
+	base    string
+	nar     []byte
+	listing []byte
+}
+
+func makeNar(t *testing.T, tree fstest.MapFS) ([]byte, []byte) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := narindex.DumpFS(&buf, tree, "."); err != nil {
+		t.Fatal(err)
+	}
+	l, err := narindex.ListingFromNar(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := l.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), ls
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) ^ seed
+	}
+	return b
+}
+
+// testTree has every kind of entry and a file large enough to be lazy.
+func testTree() fstest.MapFS {
+	return fstest.MapFS{
+		"bin/tool":            {Data: []byte("#!/bin/sh\necho hi\n"), Mode: 0o555},
+		"share/doc/readme":    {Data: []byte("read me\n"), Mode: 0o444},
+		"share/empty":         {Data: nil, Mode: 0o444},
+		"share/big":           {Data: pattern(3<<20+17, 1), Mode: 0o444},
+		"share/edge":          {Data: pattern(256<<10, 2), Mode: 0o444},
+		"lib/link-rel":        {Data: []byte("../share/doc/readme"), Mode: fs.ModeSymlink | 0o777},
+		"lib/link-abs":        {Data: []byte("/nix/store/00000000000000000000000000000000-x"), Mode: fs.ModeSymlink | 0o777},
+		"lib/dangling":        {Data: []byte("nowhere"), Mode: fs.ModeSymlink | 0o777},
+		"empty-dir":           {Mode: fs.ModeDir | 0o555},
+		"share/doc/deep/file": {Data: []byte("deep"), Mode: 0o444},
+	}
+}
+
+const testHash = "0c6kzph7l0dcbfmjap64f0czdafn3b7x"
+
+// env is a mounted filesystem over an in-memory block store.
+type env struct {
+	fsys  *FS
+	dir   string
+	store *fetchtest.Store
+	res   *fakeResolver
+	stats *fetch.Stats
+	mem   *cache.Memory
+}
+
+func requireFuse(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	if os.Geteuid() != 0 {
+		if _, err := exec.LookPath("fusermount3"); err != nil {
+			t.Skip("not root and no fusermount3")
+		}
+	}
+}
+
+// newEnv mounts in-process and unmounts in cleanup, even on failure.
+func newEnv(t *testing.T, cfg Config) *env {
+	t.Helper()
+	requireFuse(t)
+	e := &env{store: fetchtest.NewStore(), res: &fakeResolver{paths: map[string]*narindex.Resolved{}}, stats: &fetch.Stats{}}
+	e.mem = cache.NewMemory(fetch.Verify(e.store, e.stats), 64<<20)
+	cfg.Resolver = e.res
+	cfg.Blocks = e.mem
+	cfg.Evict = e.mem.Remove
+	e.fsys = New(cfg)
+	e.dir = t.TempDir()
+	srv, err := Mount(e.dir, e.fsys, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+			_ = Detach(e.dir)
+		}
+	})
+	return e
+}
+
+// add publishes nar under name; narHashOf is the NAR whose hash the
+// narinfo claims (normally nar itself).
+func (e *env) add(t *testing.T, name string, nar, narHashOf, listing []byte) string {
+	t.Helper()
+	c, err := e.store.AddFile(nar, fetchtest.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(narHashOf)
+	base := testHash + "-" + name
+	ni := &narindex.NarInfo{
+		StorePath: narindex.StoreDir + "/" + base,
+		URL:       "nar/x.nar",
+		NarHash:   narindex.SHA256(sum[:]),
+		NarSize:   uint64(len(narHashOf)),
+		IpfsCid:   c.String(),
+	}
+	e.res.mu.Lock()
+	e.res.paths[base] = &narindex.Resolved{Info: ni, ListingData: listing, From: "memory"}
+	e.res.mu.Unlock()
+	return base
+}
+
+func TestTreeMatchesSource(t *testing.T) {
+	for _, withListing := range []bool{true, false} {
+		t.Run(fmt.Sprintf("listing=%v", withListing), func(t *testing.T) {
+			e := newEnv(t, Config{})
+			tree := testTree()
+			nar, ls := makeNar(t, tree)
+			if !withListing {
+				ls = nil
+			}
+			base := e.add(t, "pkg", nar, nar, ls)
+			root := filepath.Join(e.dir, base)
+			for name, f := range tree {
+				p := filepath.Join(root, name)
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Fatalf("lstat %s: %v", name, err)
+				}
+				switch {
+				case f.Mode&fs.ModeSymlink != 0:
+					got, err := os.Readlink(p)
+					if err != nil || got != string(f.Data) {
+						t.Errorf("readlink %s = %q, %v", name, got, err)
+					}
+				case f.Mode.IsDir():
+					if fi.Mode().Perm() != 0o555 || !fi.IsDir() {
+						t.Errorf("%s: mode %v", name, fi.Mode())
+					}
+				default:
+					got, err := os.ReadFile(p)
+					if err != nil || !bytes.Equal(got, f.Data) {
+						t.Errorf("read %s: %d bytes, %v", name, len(got), err)
+					}
+					want := fs.FileMode(0o444)
+					if f.Mode&0o100 != 0 {
+						want = 0o555
+					}
+					if fi.Mode().Perm() != want {
+						t.Errorf("%s: mode %v, want %v", name, fi.Mode().Perm(), want)
+					}
+				}
+				st := fi.Sys().(*syscall.Stat_t)
+				if st.Mtim.Sec != 1 || st.Uid != 0 {
+					t.Errorf("%s: mtime %d uid %d", name, st.Mtim.Sec, st.Uid)
+				}
+			}
+			if e.fsys.Stats.Verified.Load() != 1 {
+				t.Fatalf("reading every file did not verify the NAR (verified=%d)", e.fsys.Stats.Verified.Load())
+			}
+		})
+	}
+}
+
+func TestInodeNumbersStableAndDistinct(t *testing.T) {
+	e := newEnv(t, Config{})
+	nar, ls := makeNar(t, testTree())
+	base := e.add(t, "pkg", nar, nar, ls)
+	seen := map[uint64]string{}
+	root := filepath.Join(e.dir, base)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		ino := fi.Sys().(*syscall.Stat_t).Ino
+		if other, dup := seen[ino]; dup {
+			t.Errorf("%s and %s share inode %d", p, other, ino)
+		}
+		seen[ino] = p
+		if ino>>32 != 1 {
+			t.Errorf("%s: inode %#x does not carry store-path index 1", p, ino)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Lstat(root)
+	if fi.Sys().(*syscall.Stat_t).Ino != 1<<32 {
+		t.Errorf("store path root inode %#x, want 1<<32", fi.Sys().(*syscall.Stat_t).Ino)
+	}
+}
+
+func TestLazyRead(t *testing.T) {
+	e := newEnv(t, Config{})
+	nar, ls := makeNar(t, testTree())
+	base := e.add(t, "pkg", nar, nar, ls)
+	if _, err := os.ReadFile(filepath.Join(e.dir, base, "share/doc/readme")); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.stats.Bytes.Load(); got*4 > int64(len(nar)) {
+		t.Fatalf("reading one small file fetched %d of %d NAR bytes", got, len(nar))
+	}
+	if e.fsys.Stats.Verified.Load() != 0 {
+		t.Fatal("verified before everything was read")
+	}
+}
+
+func TestQuarantine(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	// Same size, one byte of share/big different: every block matches its
+	// CID, only the NAR hash disagrees.
+	l, _ := narindex.ParseListing(ls)
+	big, _ := l.Lookup("share/big")
+	bad := bytes.Clone(nar)
+	bad[big.NarOffset+12345] ^= 1
+	base := e.add(t, "pkg", bad, nar, ls)
+	root := filepath.Join(e.dir, base)
+	var readErr error
+	for name, f := range tree {
+		if f.Mode.IsRegular() && len(f.Data) > 0 {
+			if _, err := os.ReadFile(filepath.Join(root, name)); err != nil {
+				readErr = err
+			}
+		}
+	}
+	if !errors.Is(readErr, syscall.EIO) {
+		t.Fatalf("reading everything: %v, want EIO", readErr)
+	}
+	if e.fsys.Stats.Quarantined.Load() != 1 {
+		t.Fatal("not counted as quarantined")
+	}
+	if _, err := os.ReadFile(filepath.Join(root, "share/doc/readme")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after quarantine: %v, want EIO", err)
+	}
+	if e.mem.Len() != 0 {
+		t.Fatalf("%d blocks of the quarantined path still cached", e.mem.Len())
+	}
+}
+
+func TestSmallNarVerifiedAtLookup(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := fstest.MapFS{"f": {Data: []byte("small"), Mode: 0o444}}
+	nar, ls := makeNar(t, tree)
+	wrong := bytes.Clone(nar)
+	wrong[len(wrong)-20] ^= 1
+	good := e.add(t, "good", nar, nar, ls)
+	if _, err := os.Lstat(filepath.Join(e.dir, good)); err != nil {
+		t.Fatal(err)
+	}
+	if e.fsys.Stats.Verified.Load() != 1 {
+		t.Fatal("small NAR not verified at lookup")
+	}
+	badBase := e.add(t, "bad", wrong, nar, ls)
+	if _, err := os.Lstat(filepath.Join(e.dir, badBase)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("lookup of a small path with a wrong NAR: %v, want EIO", err)
+	}
+}
+
+func TestLookupRefusals(t *testing.T) {
+	e := newEnv(t, Config{})
+	nar, ls := makeNar(t, testTree())
+	base := e.add(t, "pkg", nar, nar, ls)
+	// NarSize disagreeing with the CID's size.
+	e.res.mu.Lock()
+	res := *e.res.paths[base]
+	ni := *res.Info
+	ni.NarSize++
+	res.Info = &ni
+	e.res.paths[testHash+"-wrongsize"] = &res
+	e.res.mu.Unlock()
+	for _, name := range []string{"nothing", testHash + "-wrongsize", "00000000000000000000000000000000-missing"} {
+		if _, err := os.Lstat(filepath.Join(e.dir, name)); !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("lookup %s: %v, want ENOENT", name, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(e.dir, base, "no-such-entry")); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("missing entry: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, base, "share/doc/readme"), []byte("x"), 0); err == nil {
+		t.Error("write succeeded")
+	}
+}
+
+func TestConcurrentReaders(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			name := []string{"share/big", "share/edge", "bin/tool", "share/doc/readme"}[i%4]
+			got, err := os.ReadFile(filepath.Join(e.dir, base, name))
+			if err != nil || !bytes.Equal(got, tree[name].Data) {
+				t.Errorf("reader %d: %s: %v", i, name, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestCoverage(t *testing.T) {
+	var c coverage
+	steps := []struct {
+		lo, hi int64
+		done   bool
+	}{{10, 20, false}, {30, 40, false}, {0, 5, false}, {5, 10, false}, {20, 30, false}, {40, 50, true}}
+	for _, s := range steps {
+		if got := c.add(s.lo, s.hi, 50); got != s.done {
+			t.Fatalf("after [%d,%d): done=%v spans=%v", s.lo, s.hi, got, c.spans)
+		}
+	}
+}

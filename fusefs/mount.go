@@ -1,0 +1,165 @@
+package fusefs
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// MountOptions are the kernel-facing choices of a mount.
+type MountOptions struct {
+	AllowOther bool     // let users other than the mounting one in (needs root or user_allow_other)
+	Options    []string // further mount(8) options passed to the kernel, e.g. "default_permissions"
+	FsName     string   // first field of /proc/mounts; default "ipnix"
+	Debug      bool     // log every FUSE request
+}
+
+// maxRequest is the largest read the kernel may send in one request, and
+// the read-ahead it may do.
+const maxRequest = 1 << 20
+
+// Mount mounts f at dir and returns the running server; call Unmount on it
+// (or Wait after an external unmount). A dead mount left at dir by a killed
+// process is cleared first; a live one is an error.
+func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := clearStaleMount(dir); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mount point: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("mount point %s is not a directory", dir)
+	}
+	name := o.FsName
+	if name == "" {
+		name = "ipnix"
+	}
+	entry, negative := immutableTimeout, rootNegativeTimeout
+	opts := &fs.Options{
+		EntryTimeout:    &entry,
+		AttrTimeout:     &entry,
+		NegativeTimeout: &negative,
+		MountOptions: fuse.MountOptions{
+			AllowOther:           o.AllowOther,
+			Options:              append([]string{"ro"}, o.Options...),
+			FsName:               name,
+			Name:                 "ipnix",
+			MaxWrite:             maxRequest,
+			MaxReadAhead:         maxRequest,
+			EnableSymlinkCaching: true,
+			DisableXAttrs:        true,
+			// As root, mount with mount(2) directly; else fusermount3.
+			DirectMount: os.Geteuid() == 0,
+			Debug:       o.Debug,
+		},
+	}
+	srv, err := fs.Mount(dir, f.Root(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
+	}
+	return srv, nil
+}
+
+// clearStaleMount unmounts dir if it is a FUSE mount whose server has gone
+// (stat fails with ENOTCONN), and refuses if a live ipnix mount is there.
+func clearStaleMount(dir string) error {
+	_, statErr := os.Stat(dir)
+	if errors.Is(statErr, syscall.ENOTCONN) || errors.Is(statErr, syscall.ECONNABORTED) {
+		if err := unmount(dir); err != nil {
+			return fmt.Errorf("clearing dead mount at %s: %w", dir, err)
+		}
+		return nil
+	}
+	if statErr != nil {
+		return nil // reported by the caller
+	}
+	mounted, fstype, err := mountedAt(dir)
+	if err != nil || !mounted {
+		return err
+	}
+	if strings.HasPrefix(fstype, "fuse") && strings.Contains(fstype, "ipnix") {
+		return fmt.Errorf("%s is already an ipnix mount; unmount it first (fusermount3 -u %s)", dir, dir)
+	}
+	return nil
+}
+
+// unmount detaches dir: mount(2) as root, fusermount3 otherwise.
+func unmount(dir string) error {
+	if os.Geteuid() == 0 {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err == nil {
+			return nil
+		}
+	}
+	var last error
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if err := runQuiet(bin, "-u", "-z", dir); err != nil {
+			last = err
+			continue
+		}
+		return nil
+	}
+	return last
+}
+
+// mountedAt reports whether dir is a mount point, and its type.
+func mountedAt(dir string) (bool, string, error) {
+	fh, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, "", nil
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint opts ... - fstype source superopts
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 || unescapeMount(f[4]) != dir {
+			continue
+		}
+		for i := 6; i < len(f)-1; i++ {
+			if f[i] == "-" {
+				return true, f[i+1], nil
+			}
+		}
+		return true, "", nil
+	}
+	return false, "", sc.Err()
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// WaitMounted polls until dir is a FUSE mount or timeout passes.
+func WaitMounted(dir string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, fstype, _ := mountedAt(dir)
+		if ok && strings.HasPrefix(fstype, "fuse") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not mounted after %v", dir, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Detach lazily unmounts dir: it disappears from the namespace now and is
+// released when its last user lets go.
+func Detach(dir string) error { return unmount(dir) }

@@ -1,0 +1,241 @@
+package fusefs
+
+import (
+	"context"
+	"sort"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// preferredIOSize is reported as st_blksize: tools size their buffers by it,
+// and every FUSE request costs a round trip.
+const preferredIOSize = 1 << 20
+
+// rootNode is the mount root: empty until store paths are looked up.
+type rootNode struct {
+	fs.Inode
+	fsys *FS
+}
+
+// entryNode is any entry inside a store path. The variants below add only
+// the operations their type supports.
+type entryNode struct {
+	fs.Inode
+	sp      *storePath
+	ln      *narindex.ListingNode
+	ordinal uint32
+}
+
+type dirNode struct{ entryNode }
+type fileNode struct{ entryNode }
+type symlinkNode struct{ entryNode }
+
+// Root returns the root node to mount.
+func (f *FS) Root() fs.InodeEmbedder { return f.root }
+
+func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	sp, err := r.fsys.storePath(ctx, name)
+	if err != nil {
+		r.fsys.Stats.LookupsRefused.Add(1)
+		e := errno(err)
+		switch e {
+		case syscall.ENOENT:
+			r.fsys.log.Info("store path not shown", "name", name, "reason", err)
+			out.SetEntryTimeout(rootNegativeTimeout)
+		case syscall.EINTR:
+		default:
+			r.fsys.log.Error("store path lookup failed", "name", name, "err", err)
+		}
+		return nil, e
+	}
+	if sp.state.Load() == quarantined {
+		return nil, syscall.EIO
+	}
+	r.fsys.Stats.Lookups.Add(1)
+	return sp.newInode(ctx, &r.Inode, sp.listing.Root, out), 0
+}
+
+func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	r.fsys.mu.Lock()
+	names := make([]string, 0, len(r.fsys.paths))
+	for name := range r.fsys.paths {
+		names = append(names, name)
+	}
+	r.fsys.mu.Unlock()
+	sort.Strings(names)
+	out := make([]fuse.DirEntry, 0, len(names))
+	for _, name := range names {
+		r.fsys.mu.Lock()
+		sp := r.fsys.paths[name]
+		r.fsys.mu.Unlock()
+		out = append(out, fuse.DirEntry{Name: name, Mode: modeOf(sp.listing.Root), Ino: ino(sp.index, 0)})
+	}
+	return fs.NewListDirStream(out), 0
+}
+
+func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.Mtime, out.Atime, out.Ctime = 1, 1, 1
+	out.Blksize = preferredIOSize
+	return 0
+}
+
+func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.NameLen = 255
+	return 0
+}
+
+// newInode builds (or finds) the inode for listing entry ln of sp under
+// parent, and fills out.
+func (sp *storePath) newInode(ctx context.Context, parent *fs.Inode, ln *narindex.ListingNode, out *fuse.EntryOut) *fs.Inode {
+	ord := sp.ordinals[ln]
+	var node fs.InodeEmbedder
+	switch ln.Type {
+	case narindex.TypeDirectory:
+		node = &dirNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
+	case narindex.TypeSymlink:
+		node = &symlinkNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
+	default:
+		node = &fileNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
+	}
+	sp.fillAttr(ln, ord, &out.Attr)
+	return parent.NewInode(ctx, node, fs.StableAttr{Mode: modeOf(ln), Ino: ino(sp.index, ord)})
+}
+
+func modeOf(ln *narindex.ListingNode) uint32 {
+	switch ln.Type {
+	case narindex.TypeDirectory:
+		return syscall.S_IFDIR
+	case narindex.TypeSymlink:
+		return syscall.S_IFLNK
+	}
+	return syscall.S_IFREG
+}
+
+func (sp *storePath) fillAttr(ln *narindex.ListingNode, ord uint32, a *fuse.Attr) {
+	a.Ino = ino(sp.index, ord)
+	a.Nlink = 1
+	a.Mtime, a.Atime, a.Ctime = 1, 1, 1
+	a.Uid, a.Gid = 0, 0
+	a.Blksize = preferredIOSize
+	switch ln.Type {
+	case narindex.TypeDirectory:
+		a.Mode = syscall.S_IFDIR | 0o555
+		a.Nlink = 2
+	case narindex.TypeSymlink:
+		a.Mode = syscall.S_IFLNK | 0o777
+		a.Size = uint64(len(ln.Target))
+	default:
+		a.Mode = syscall.S_IFREG | 0o444
+		if ln.Executable {
+			a.Mode |= 0o111
+		}
+		a.Size = uint64(ln.Size)
+		a.Blocks = (a.Size + 511) / 512
+	}
+}
+
+func (n *entryNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.sp.fillAttr(n.ln, n.ordinal, &out.Attr)
+	out.SetTimeout(immutableTimeout)
+	return 0
+}
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child := d.ln.Entries[name]
+	if child == nil {
+		out.SetEntryTimeout(immutableTimeout)
+		return nil, syscall.ENOENT
+	}
+	return d.sp.newInode(ctx, &d.Inode, child, out), 0
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	names := sortedNames(d.ln)
+	out := make([]fuse.DirEntry, len(names))
+	for i, name := range names {
+		c := d.ln.Entries[name]
+		out[i] = fuse.DirEntry{Name: name, Mode: modeOf(c), Ino: ino(d.sp.index, d.sp.ordinals[c])}
+	}
+	return fs.NewListDirStream(out), 0
+}
+
+func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if s.sp.state.Load() == quarantined {
+		return nil, syscall.EIO
+	}
+	return []byte(s.ln.Target), 0
+}
+
+func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if f.sp.state.Load() == quarantined {
+		return nil, 0, syscall.EIO
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	sp := f.sp
+	if sp.state.Load() == quarantined {
+		return nil, syscall.EIO
+	}
+	size := f.ln.Size
+	if off >= size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(off+int64(len(dest)), size)
+	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)
+	if err != nil && n < int(end-off) {
+		return nil, sp.fs.readErrno(sp, err)
+	}
+	if sp.noteRead(f.ln, off, end) {
+		// The last unread bytes of the store path: check the whole NAR
+		// before serving them.
+		if err := sp.verify(ctx); err != nil {
+			return nil, sp.fs.readErrno(sp, err)
+		}
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
+	if err == errQuarantined {
+		return syscall.EIO
+	}
+	e := errno(err)
+	if e == syscall.EIO || e == syscall.ENOENT {
+		f.log.Error("read failed", "path", sp.base, "err", err)
+		return syscall.EIO
+	}
+	return e
+}
+
+// flushKernelCache asks the kernel to drop cached pages of every file of
+// the store path it knows. Notifications must not be sent from inside an
+// operation's handler, so this runs on its own goroutine.
+func (f *FS) flushKernelCache(base string) {
+	go func() {
+		var walk func(in *fs.Inode)
+		walk = func(in *fs.Inode) {
+			if in.Mode()&syscall.S_IFMT == syscall.S_IFREG {
+				in.NotifyContent(0, 0)
+			}
+			for _, c := range in.Children() {
+				walk(c)
+			}
+		}
+		if in := f.root.GetChild(base); in != nil {
+			walk(in)
+		}
+	}()
+}

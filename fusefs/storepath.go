@@ -1,0 +1,330 @@
+package fusefs
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// Verification states of a store path.
+const (
+	unverified int32 = iota
+	verified
+	quarantined
+)
+
+// storePath is one accepted store path: its narinfo, its NAR as a UnixFS
+// file, the listing its tree is served from, and what has been read of it.
+type storePath struct {
+	fs       *FS
+	index    uint32
+	base     string
+	info     *narindex.NarInfo
+	cid      cid.Cid
+	nar      *fetch.File
+	listing  *narindex.Listing
+	ordinals map[*narindex.ListingNode]uint32
+	regular  int // regular files with at least one byte
+
+	state atomic.Int32
+
+	mu        sync.Mutex
+	covered   map[*narindex.ListingNode]*coverage
+	filesDone int
+	allRead   bool
+
+	verifyMu sync.Mutex
+}
+
+// storePath returns the accepted store path named base, resolving it on
+// first use. Concurrent lookups of one name share one resolution; failures
+// are not remembered here (the resolver caches negative answers).
+func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
+	f.mu.Lock()
+	sp := f.paths[base]
+	f.mu.Unlock()
+	if sp != nil {
+		return sp, nil
+	}
+	v, err, _ := f.lookups.Do(base, func() (any, error) {
+		res, err := f.cfg.Resolver.Resolve(ctx, base)
+		if err != nil {
+			return nil, err
+		}
+		sp, err := f.load(ctx, base, res)
+		if err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if old := f.paths[base]; old != nil {
+			return old, nil
+		}
+		f.next++
+		sp.index = f.next
+		f.paths[base] = sp
+		return sp, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*storePath), nil
+}
+
+// load opens the NAR behind an accepted narinfo and its listing.
+func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*storePath, error) {
+	info := res.Info
+	c, err := cid.Decode(info.IpfsCid)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: IpfsCid %q: %v", narindex.ErrRejected, base, info.IpfsCid, err)
+	}
+	nar, err := fetch.OpenFile(ctx, f.cfg.Blocks, c)
+	if err != nil {
+		if errors.Is(err, fetch.ErrMalformedDAG) {
+			return nil, fmt.Errorf("%w: %s: CID %s: %v", narindex.ErrRejected, base, c, err)
+		}
+		return nil, fmt.Errorf("%s: opening NAR %s: %w", base, c, err)
+	}
+	if nar.Size() != int64(info.NarSize) {
+		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
+	}
+	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage)}
+	if res.ListingData != nil {
+		l, err := narindex.ParseListing(res.ListingData)
+		if err == nil {
+			err = l.Validate(int64(info.NarSize))
+		}
+		if err != nil {
+			f.log.Warn("ignoring listing from substituter; reading NAR headers instead", "path", base, "from", res.From, "err", err)
+		} else {
+			sp.listing = l
+		}
+	}
+	if sp.listing == nil {
+		l, err := narindex.ListingFromNar(io.NewSectionReader(ctxReaderAt{ctx, nar}, 0, nar.Size()))
+		if err != nil {
+			if errors.Is(err, narindex.ErrMalformedNAR) {
+				return nil, fmt.Errorf("%w: %s: NAR %s: %v", narindex.ErrRejected, base, c, err)
+			}
+			return nil, fmt.Errorf("%s: reading NAR headers of %s: %w", base, c, err)
+		}
+		sp.listing = l
+	}
+	if err := sp.number(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
+	}
+	if int64(info.NarSize) <= f.cfg.EagerVerifyBytes {
+		// A quarantined path is kept, so that it stays quarantined.
+		if err := sp.verify(ctx); err != nil && sp.state.Load() != quarantined {
+			return nil, err
+		}
+	}
+	return sp, nil
+}
+
+// number gives every listing entry its ordinal in NAR order and counts the
+// regular files that must be read before the NAR can be checked.
+func (sp *storePath) number() error {
+	sp.ordinals = make(map[*narindex.ListingNode]uint32)
+	var walk func(n *narindex.ListingNode) error
+	walk = func(n *narindex.ListingNode) error {
+		if len(sp.ordinals) >= 1<<32-1 {
+			return errors.New("too many entries for 32-bit ordinals")
+		}
+		sp.ordinals[n] = uint32(len(sp.ordinals))
+		if n.Type == narindex.TypeRegular && n.Size > 0 {
+			sp.regular++
+		}
+		for _, name := range sortedNames(n) {
+			if err := walk(n.Entries[name]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(sp.listing.Root)
+}
+
+func sortedNames(n *narindex.ListingNode) []string {
+	names := make([]string, 0, len(n.Entries))
+	for name := range n.Entries {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// noteRead records that bytes [off, end) of regular file n were served. It
+// reports true when every byte of every file has now been served (or was
+// before, with the NAR check still to do).
+func (sp *storePath) noteRead(n *narindex.ListingNode, off, end int64) bool {
+	if sp.state.Load() != unverified || end <= off {
+		return false
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.allRead {
+		return true
+	}
+	cv := sp.covered[n]
+	if cv == nil {
+		cv = &coverage{}
+		sp.covered[n] = cv
+	}
+	if cv.done {
+		return false
+	}
+	if cv.add(off, end, n.Size) {
+		sp.filesDone++
+		sp.allRead = sp.filesDone == sp.regular
+	}
+	return sp.allRead
+}
+
+// verify streams the whole NAR, hashes it and parses it against the
+// listing. A mismatch quarantines the store path and is returned as an
+// error; a failure to fetch is returned and may be retried later.
+func (sp *storePath) verify(ctx context.Context) error {
+	sp.verifyMu.Lock()
+	defer sp.verifyMu.Unlock()
+	switch sp.state.Load() {
+	case verified:
+		return nil
+	case quarantined:
+		return errQuarantined
+	}
+	bad, err := sp.check(ctx)
+	if err != nil {
+		return err
+	}
+	if bad != nil {
+		sp.quarantine(bad)
+		return errQuarantined
+	}
+	sp.state.Store(verified)
+	sp.fs.Stats.Verified.Add(1)
+	sp.fs.log.Debug("NAR verified", "path", sp.base, "cid", sp.cid, "bytes", sp.nar.Size())
+	// Coverage is no longer needed.
+	sp.mu.Lock()
+	sp.covered = nil
+	sp.mu.Unlock()
+	return nil
+}
+
+var errQuarantined = errors.New("store path is quarantined: its NAR does not match the signed NarHash")
+
+// check returns a non-nil bad when the NAR is not what the narinfo and the
+// listing promised, and err when it could not be read.
+func (sp *storePath) check(ctx context.Context) (bad, err error) {
+	h := sha256.New()
+	r := bufio.NewReaderSize(io.NewSectionReader(ctxReaderAt{ctx, sp.nar}, 0, sp.nar.Size()), 1<<20)
+	nr := narindex.NewNarReader(io.TeeReader(r, h))
+	entries := 0
+	for {
+		e, err := nr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, narindex.ErrMalformedNAR) {
+				return err, nil
+			}
+			return nil, err
+		}
+		entries++
+		if err := sp.matchListing(e); err != nil {
+			return err, nil
+		}
+		if e.Type == narindex.TypeRegular {
+			if _, err := io.Copy(io.Discard, nr); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if _, err := io.Copy(h, r); err != nil {
+		return nil, err
+	}
+	if entries != len(sp.ordinals) {
+		return fmt.Errorf("NAR has %d entries, listing %d", entries, len(sp.ordinals)), nil
+	}
+	want := sp.info.NarHash
+	if want.Algo != "sha256" || !bytes.Equal(h.Sum(nil), want.Digest) {
+		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(h.Sum(nil)), want), nil
+	}
+	return nil, nil
+}
+
+func (sp *storePath) matchListing(e *narindex.NarEntry) error {
+	n, err := sp.listing.Lookup(e.Path)
+	if err != nil {
+		return fmt.Errorf("NAR entry %q is not in the listing", e.Path)
+	}
+	if n.Type != e.Type || n.Executable != e.Executable || n.Target != e.Target ||
+		(e.Type == narindex.TypeRegular && (n.Size != e.Size || n.NarOffset != e.Offset)) {
+		return fmt.Errorf("NAR entry %q differs from the listing", e.Path)
+	}
+	return nil
+}
+
+// quarantine makes every later open and read of the store path fail and
+// drops what caches hold of it.
+func (sp *storePath) quarantine(reason error) {
+	if !sp.state.CompareAndSwap(unverified, quarantined) {
+		return
+	}
+	sp.fs.Stats.Quarantined.Add(1)
+	sp.fs.log.Error("store path quarantined", "path", sp.base, "cid", sp.cid, "reason", reason)
+	if sp.fs.cfg.Evict != nil {
+		for _, c := range sp.nar.KnownBlocks() {
+			sp.fs.cfg.Evict(c)
+		}
+	}
+	sp.fs.flushKernelCache(sp.base)
+}
+
+// ctxReaderAt gives a fetch.File the io.ReaderAt shape with a fixed context.
+type ctxReaderAt struct {
+	ctx context.Context
+	f   *fetch.File
+}
+
+func (r ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	return r.f.ReadAt(r.ctx, p, off)
+}
+
+// coverage is the set of byte ranges of one file served so far, as sorted,
+// disjoint, non-adjacent spans.
+type coverage struct {
+	spans []span
+	done  bool
+}
+
+type span struct{ lo, hi int64 }
+
+// add records [lo, hi) and reports whether [0, size) is now covered.
+func (c *coverage) add(lo, hi, size int64) bool {
+	i := sort.Search(len(c.spans), func(i int) bool { return c.spans[i].hi >= lo })
+	j := i
+	for j < len(c.spans) && c.spans[j].lo <= hi {
+		lo, hi = min(lo, c.spans[j].lo), max(hi, c.spans[j].hi)
+		j++
+	}
+	c.spans = append(c.spans[:i], append([]span{{lo, hi}}, c.spans[j:]...)...)
+	if len(c.spans) == 1 && c.spans[0].lo <= 0 && c.spans[0].hi >= size {
+		c.done = true
+		c.spans = nil
+	}
+	return c.done
+}

@@ -1,0 +1,194 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// published is a closure published by `ipnix publish` into a binary cache.
+type published struct {
+	kubo    *kubo
+	closure *testClosure
+	cache   string // directory
+	pub     string // trusted public key
+}
+
+func publishClosure(t *testing.T) *published {
+	t.Helper()
+	requireReal(t)
+	p := &published{kubo: startKubo(t), closure: buildClosure(t), cache: t.TempDir()}
+	sec, pub := genKey(t, "ipnix-test-1")
+	p.pub = pub
+	out, err := ipnixCmd(t, nil, "publish", "--api", p.kubo.api, "--to", p.cache, "--secret-key", sec, p.closure.top)
+	if err != nil {
+		t.Fatalf("ipnix publish: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "published 4 store paths") {
+		t.Fatalf("publish summary: %q", out)
+	}
+	return p
+}
+
+func (p *published) narInfo(t *testing.T, storePath string) *narindex.NarInfo {
+	t.Helper()
+	sp, err := narindex.ParseStorePath(storePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(p.cache, sp.Hash+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narindex.ParseNarInfo(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ni
+}
+
+func (p *published) mount(t *testing.T, extra ...string) *mount {
+	return startMount(t, append([]string{"--api", p.kubo.api, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}, extra...)...)
+}
+
+func TestEndToEnd(t *testing.T) {
+	p := publishClosure(t)
+	m := p.mount(t)
+
+	t.Run("nar-hash-matches-narinfo", func(t *testing.T) {
+		for _, sp := range p.closure.paths {
+			ni := p.narInfo(t, sp)
+			if ni.IpfsCid == "" || len(ni.Sigs) == 0 || ni.IpfsCidSig == "" {
+				t.Fatalf("%s: narinfo lacks IpfsCid, Sig or IpfsCidSig:\n%s", sp, ni.Marshal())
+			}
+			mounted := filepath.Join(m.dir, filepath.Base(sp))
+			var got string
+			withTimeout(t, 2*time.Minute, "nix hash path", func(context.Context) { got = nixHashPath(t, mounted) })
+			if want := ni.NarHash.String(); got != want {
+				t.Errorf("%s: Nix hashes the mounted path as %s, narinfo says %s", sp, got, want)
+			}
+			if orig := nixHashPath(t, sp); orig != got {
+				t.Errorf("%s: mounted %s, original %s", sp, got, orig)
+			}
+		}
+		if v := m.metric(t, "ipnix_store_paths_verified_total"); v != int64(len(p.closure.paths)) {
+			t.Errorf("verified %d store paths after reading all, want %d", v, len(p.closure.paths))
+		}
+	})
+
+	t.Run("tree-equals-original", func(t *testing.T) {
+		for _, sp := range p.closure.paths {
+			mounted := filepath.Join(m.dir, filepath.Base(sp))
+			if out, err := exec.Command("diff", "-r", "--no-dereference", sp, mounted).CombinedOutput(); err != nil {
+				t.Errorf("diff -r --no-dereference %s %s: %v\n%s", sp, mounted, err, out)
+			}
+			if a, b := treeModes(t, sp), treeModes(t, mounted); a != b {
+				t.Errorf("%s: types, modes or sizes differ:\noriginal:\n%s\nmounted:\n%s", sp, a, b)
+			}
+		}
+	})
+
+	t.Run("program-runs-from-mount", func(t *testing.T) {
+		bin := filepath.Join(m.dir, filepath.Base(p.closure.path(t, "ipnix-test-bin")), "bin")
+		out, err := exec.Command(filepath.Join(bin, "echo"), "ran", "from", "ipnix").CombinedOutput()
+		if err != nil || string(out) != "ran from ipnix\n" {
+			t.Fatalf("echo from the mount: %v %q", err, out)
+		}
+		out, err = exec.Command(filepath.Join(bin, "hello-rel")).CombinedOutput()
+		if err != nil || string(out) != "hello from lib\n" {
+			t.Fatalf("script via relative symlink: %v %q", err, out)
+		}
+	})
+
+	t.Run("unknown-paths-are-enoent", func(t *testing.T) {
+		for _, name := range []string{
+			"00000000000000000000000000000000-nothing",
+			"not-a-store-path",
+			filepath.Base(p.closure.path(t, "ipnix-test-bin")) + "x",
+		} {
+			_, err := os.Lstat(filepath.Join(m.dir, name))
+			if !errors.Is(err, syscall.ENOENT) {
+				t.Errorf("stat %s: %v, want ENOENT", name, err)
+			}
+		}
+		_, err := os.Lstat(filepath.Join(m.dir, filepath.Base(p.closure.top), "nope"))
+		if !errors.Is(err, syscall.ENOTDIR) {
+			t.Errorf("lookup under a file store path: %v", err)
+		}
+	})
+
+	t.Run("read-only", func(t *testing.T) {
+		f := filepath.Join(m.dir, filepath.Base(p.closure.path(t, "ipnix-test-lib")), "share", "msg")
+		if err := os.WriteFile(f, []byte("x"), 0o644); err == nil {
+			t.Fatal("write succeeded on a read-only mount")
+		}
+		if err := os.Mkdir(filepath.Join(m.dir, "newdir"), 0o755); err == nil {
+			t.Fatal("mkdir succeeded on a read-only mount")
+		}
+	})
+}
+
+// A small read of a large store path fetches a small part of its NAR.
+func TestLazyRead(t *testing.T) {
+	p := publishClosure(t)
+	m := p.mount(t)
+	big := p.closure.path(t, "ipnix-test-big")
+	ni := p.narInfo(t, big)
+	before := m.metric(t, "ipnix_fetch_bytes_total")
+	got, err := os.ReadFile(filepath.Join(m.dir, filepath.Base(big), "small.txt"))
+	if err != nil || string(got) != "small\n" {
+		t.Fatalf("read small.txt: %v %q", err, got)
+	}
+	fetched := m.metric(t, "ipnix_fetch_bytes_total") - before
+	t.Logf("read %d bytes of a %d-byte NAR; fetched %d bytes (%.2f%%)", len(got), ni.NarSize, fetched, 100*float64(fetched)/float64(ni.NarSize))
+	if fetched <= 0 {
+		t.Fatal("nothing was fetched: is the counter wired?")
+	}
+	if fetched*10 >= int64(ni.NarSize) {
+		t.Fatalf("fetched %d bytes, not less than 10%% of the %d-byte NAR", fetched, ni.NarSize)
+	}
+}
+
+// treeModes lists every entry with its type, permission bits, size and
+// symlink target, in order.
+func treeModes(t *testing.T, root string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		line := rel + " " + fi.Mode().String()
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(path)
+			line += " -> " + target
+		case fi.Mode().IsRegular():
+			line += " " + strconv.FormatInt(fi.Size(), 10)
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+

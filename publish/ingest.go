@@ -1,0 +1,83 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// ingested is what one pass over a NAR stream produced.
+type ingested struct {
+	cid     cid.Cid
+	hash    narindex.Hash
+	size    uint64
+	listing []byte
+}
+
+// ingest streams a NAR once: into IPFS through add, into a SHA-256, into
+// the listing builder (which also validates the NAR), and into extra (may be
+// nil). The caller checks hash and size against what it was promised.
+func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer) (*ingested, error) {
+	h := sha256.New()
+	cnt := &counter{}
+	pr, pw := io.Pipe()
+	type listingResult struct {
+		data []byte
+		err  error
+	}
+	lch := make(chan listingResult, 1)
+	go func() {
+		l, err := narindex.ListingFromNar(pr)
+		// Drain whatever the parser did not need so the writer never blocks.
+		_, _ = io.Copy(io.Discard, pr)
+		var data []byte
+		if err == nil {
+			data, err = l.Marshal()
+		}
+		lch <- listingResult{data, err}
+	}()
+	writers := []io.Writer{h, cnt, pw}
+	if extra != nil {
+		writers = append(writers, extra)
+	}
+	src := io.TeeReader(nar, io.MultiWriter(writers...))
+	c, err := add.Add(ctx, src)
+	if err != nil {
+		pw.CloseWithError(err)
+		<-lch
+		return nil, err
+	}
+	// Whatever add did not consume still has to be hashed and parsed.
+	_, copyErr := io.Copy(io.Discard, src)
+	pw.CloseWithError(copyErr)
+	lr := <-lch
+	switch {
+	case copyErr != nil:
+		return nil, copyErr
+	case lr.err != nil:
+		return nil, fmt.Errorf("not a valid NAR: %w", lr.err)
+	}
+	return &ingested{cid: c, hash: narindex.SHA256(h.Sum(nil)), size: cnt.n, listing: lr.data}, nil
+}
+
+type counter struct{ n uint64 }
+
+func (c *counter) Write(p []byte) (int, error) { c.n += uint64(len(p)); return len(p), nil }
+
+// checkNar compares what was ingested with what the source promised.
+func (in *ingested) check(what string, want narindex.Hash, wantSize uint64) error {
+	if in.size != wantSize {
+		return fmt.Errorf("%s: NAR is %d bytes, expected NarSize %d", what, in.size, wantSize)
+	}
+	if want.Algo != "sha256" || !bytes.Equal(in.hash.Digest, want.Digest) {
+		return fmt.Errorf("%s: NAR hash is %s, expected %s", what, in.hash, want)
+	}
+	return nil
+}
+

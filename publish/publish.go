@@ -1,0 +1,202 @@
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// Options configure a Publisher.
+type Options struct {
+	To        string               // binary cache directory to write
+	SecretKey *narindex.SecretKey  // when set: Sig and IpfsCidSig
+	Progress  *Progress            // may be nil
+	Log       *slog.Logger         // may be nil
+}
+
+// Publisher writes store paths into IPFS and a binary cache directory.
+type Publisher struct {
+	add  Adder
+	opts Options
+	log  *slog.Logger
+}
+
+// Summary counts what a run did.
+type Summary struct {
+	Published int
+	Skipped   int
+	Bytes     uint64 // NAR bytes added to IPFS
+}
+
+// New returns a Publisher adding through add.
+func New(add Adder, o Options) (*Publisher, error) {
+	if o.To == "" {
+		return nil, errors.New("no output directory (--to)")
+	}
+	if err := os.MkdirAll(filepath.Join(o.To, "nar"), 0o755); err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Publisher{add: add, opts: o, log: log}
+	return p, p.writeCacheInfo()
+}
+
+// writeCacheInfo writes nix-cache-info unless one is there.
+func (p *Publisher) writeCacheInfo() error {
+	path := filepath.Join(p.opts.To, "nix-cache-info")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	return writeFileAtomic(path, []byte("StoreDir: "+narindex.StoreDir+"\nWantMassQuery: 1\nPriority: 40\n"))
+}
+
+// published reports whether base's narinfo in the output already has a CID.
+func (p *Publisher) published(hashPart string) bool {
+	data, err := os.ReadFile(filepath.Join(p.opts.To, hashPart+".narinfo"))
+	if err != nil {
+		return false
+	}
+	ni, err := narindex.ParseNarInfo(data)
+	return err == nil && ni.IpfsCid != ""
+}
+
+// StorePaths publishes paths from the local Nix store, with their closure
+// unless closure is false.
+func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool) (Summary, error) {
+	var sum Summary
+	infos, err := QueryPathInfo(ctx, paths, closure)
+	if err != nil {
+		return sum, err
+	}
+	p.opts.Progress.Start(len(infos))
+	defer p.opts.Progress.Done()
+	for i := range infos {
+		pi := &infos[i]
+		sp, _ := narindex.ParseStorePath(pi.Path)
+		p.opts.Progress.Item(sp.Base(), pi.NarSize)
+		if p.published(sp.Hash) {
+			sum.Skipped++
+			p.opts.Progress.Skipped()
+			continue
+		}
+		if err := p.storePath(ctx, pi, sp); err != nil {
+			return sum, err
+		}
+		sum.Published++
+		sum.Bytes += pi.NarSize
+		p.opts.Progress.Finished(pi.NarSize)
+	}
+	return sum, nil
+}
+
+func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.StorePath) error {
+	ni, err := pi.narInfo()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Join(p.opts.To, "nar"), ".tmp-*.nar")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(narindex.DumpPath(pw, pi.Path)) }()
+	in, err := ingest(ctx, p.add, pr, tmp)
+	pr.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", pi.Path, err)
+	}
+	if err := in.check(pi.Path, ni.NarHash, ni.NarSize); err != nil {
+		return fmt.Errorf("%w (the store path differs from what the Nix database recorded; try nix-store --verify --check-contents)", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	narFile := "nar/" + narindex.EncodeNix32(in.hash.Digest) + ".nar"
+	if err := os.Rename(tmp.Name(), filepath.Join(p.opts.To, narFile)); err != nil {
+		return err
+	}
+	ni.URL = narFile
+	ni.Compression = "none"
+	ni.FileHash = in.hash.String()
+	ni.FileSize = in.size
+	return p.finish(sp, ni, in)
+}
+
+// finish writes the listing and then, atomically, the narinfo.
+func (p *Publisher) finish(sp narindex.StorePath, ni *narindex.NarInfo, in *ingested) error {
+	ni.IpfsCid = in.cid.String()
+	if k := p.opts.SecretKey; k != nil {
+		if err := ni.Sign(*k); err != nil {
+			return fmt.Errorf("%s: signing: %w", sp, err)
+		}
+		if err := ni.SignCid(*k); err != nil {
+			return fmt.Errorf("%s: signing CID: %w", sp, err)
+		}
+	}
+	if err := writeFileAtomic(filepath.Join(p.opts.To, sp.Hash+".ls"), in.listing); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(p.opts.To, sp.Hash+".narinfo"), ni.Marshal()); err != nil {
+		return err
+	}
+	p.log.Debug("published", "path", sp.String(), "cid", ni.IpfsCid, "narSize", ni.NarSize)
+	return nil
+}
+
+// writeFileAtomic writes data to path via a temporary file and rename.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// cacheDir turns a --from argument (a directory or a file:// URL) into a
+// directory path.
+func cacheDir(from string) (string, error) {
+	if strings.HasPrefix(from, "file://") {
+		from = strings.TrimPrefix(from, "file://")
+		if i := strings.IndexByte(from, '?'); i >= 0 {
+			from = from[:i]
+		}
+	} else if strings.Contains(from, "://") {
+		return "", fmt.Errorf("--from %q: only local binary caches (a directory or file:// URL) can be republished", from)
+	}
+	fi, err := os.Stat(from)
+	if err != nil {
+		return "", fmt.Errorf("--from: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("--from %s is not a directory", from)
+	}
+	return from, nil
+}
