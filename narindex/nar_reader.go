@@ -398,4 +398,3 @@ func (r *NarReader) end() error {
 	}
 	return err
 }
-
