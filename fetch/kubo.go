@@ -152,3 +152,16 @@ func (k *Kubo) wrap(ctx context.Context, c cid.Cid, err error) error {
 	}
 	return fmt.Errorf("%s: block %s: %w", k, c, err)
 }
+
+// Ping checks that the RPC API answers.
+func (k *Kubo) Ping(ctx context.Context) error {
+	resp, err := k.api.Request("version").Send(ctx)
+	if err != nil {
+		return err
+	}
+	defer resp.Close()
+	if resp.Error != nil {
+		return resp.Error
+	}
+	return nil
+}

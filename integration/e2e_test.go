@@ -191,4 +191,3 @@ func treeModes(t *testing.T, root string) string {
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
-

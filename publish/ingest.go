@@ -80,4 +80,3 @@ func (in *ingested) check(what string, want narindex.Hash, wantSize uint64) erro
 	}
 	return nil
 }
-

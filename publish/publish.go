@@ -15,10 +15,10 @@ import (
 
 // Options configure a Publisher.
 type Options struct {
-	To        string               // binary cache directory to write
-	SecretKey *narindex.SecretKey  // when set: Sig and IpfsCidSig
-	Progress  *Progress            // may be nil
-	Log       *slog.Logger         // may be nil
+	To        string              // binary cache directory to write
+	SecretKey *narindex.SecretKey // when set: Sig and IpfsCidSig
+	Progress  *Progress           // may be nil
+	Log       *slog.Logger        // may be nil
 }
 
 // Publisher writes store paths into IPFS and a binary cache directory.

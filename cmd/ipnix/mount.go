@@ -265,4 +265,3 @@ func pingKubo(ctx context.Context, k *fetch.Kubo) error {
 	defer cancel()
 	return k.Ping(ctx)
 }
-
