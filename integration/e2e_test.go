@@ -191,3 +191,31 @@ func treeModes(t *testing.T, root string) string {
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
+
+// A mount whose process was killed leaves a dead FUSE mount (ENOTCONN);
+// the next start at the same place clears it and serves again.
+func TestStaleMountCleared(t *testing.T) {
+	p := publishClosure(t)
+	dir := t.TempDir()
+	args := []string{"--api", p.kubo.api, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}
+	first := startMountAt(t, dir, args...)
+	if err := first.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := os.Stat(dir)
+		if errors.Is(err, syscall.ENOTCONN) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGKILL, stat gives %v, want ENOTCONN", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	second := startMountAt(t, dir, args...)
+	top := filepath.Join(second.dir, filepath.Base(p.closure.top))
+	if _, err := os.ReadFile(top); err != nil {
+		t.Fatalf("reading through the new mount: %v", err)
+	}
+}

@@ -162,6 +162,7 @@ func ipnixCmd(t *testing.T, env []string, args ...string) (string, error) {
 
 // mount is an `ipnix mount` running in its own process.
 type mount struct {
+	proc    *os.Process
 	dir     string
 	metrics string // base URL
 	log     *syncBuffer
@@ -174,7 +175,12 @@ var metricsRE = regexp.MustCompile(`metrics on (http://\S+)/metrics`)
 // when the test fails.
 func startMount(t *testing.T, args ...string) *mount {
 	t.Helper()
-	m := &mount{dir: t.TempDir(), log: &syncBuffer{}}
+	return startMountAt(t, t.TempDir(), args...)
+}
+
+func startMountAt(t *testing.T, dir string, args ...string) *mount {
+	t.Helper()
+	m := &mount{dir: dir, log: &syncBuffer{}}
 	all := append([]string{"mount", "--metrics", "127.0.0.1:0"}, args...)
 	all = append(all, m.dir)
 	cmd := exec.Command(ipnixBin, all...)
@@ -182,6 +188,7 @@ func startMount(t *testing.T, args ...string) *mount {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	m.proc = cmd.Process
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
@@ -202,7 +209,7 @@ func startMount(t *testing.T, args ...string) *mount {
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !isMounted(m.dir) {
+	for !strings.Contains(m.log.String(), "ipnix: serving") || !isMounted(m.dir) {
 		select {
 		case <-exited:
 			t.Fatalf("ipnix mount exited:\n%s", m.log.String())
@@ -288,5 +295,25 @@ func withTimeout(t *testing.T, d time.Duration, what string, f func(ctx context.
 	case <-done:
 	case <-ctx.Done():
 		t.Fatalf("%s did not finish within %v", what, d)
+	}
+}
+
+// waitLog waits until the mount's log contains all of want (the process
+// writes through a pipe, so a line may trail the syscall it explains).
+func (m *mount) waitLog(want ...string) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		log := m.log.String()
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(log, w)
+		}
+		if ok {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -105,7 +105,7 @@ func TestQuarantineOnNarHashMismatch(t *testing.T) {
 			t.Errorf("after quarantine, read %s: %v, want EIO", f, err)
 		}
 	}
-	if !strings.Contains(m.log.String(), "quarantined") {
+	if !m.waitLog("quarantined") {
 		t.Errorf("no log line about the quarantine:\n%s", m.log.String())
 	}
 }
@@ -121,7 +121,7 @@ func TestCidOfWrongSizeRefused(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(m.dir, filepath.Base(bin))); !errors.Is(err, syscall.ENOENT) {
 		t.Fatalf("lookup with a CID of the wrong size: %v, want ENOENT", err)
 	}
-	if !strings.Contains(m.log.String(), "NarSize") {
+	if !m.waitLog("NarSize") {
 		t.Errorf("log does not say why:\n%s", m.log.String())
 	}
 }
@@ -150,8 +150,8 @@ func TestSignatures(t *testing.T) {
 		if _, err := os.Lstat(filepath.Join(m.dir, name)); !errors.Is(err, syscall.ENOENT) {
 			t.Fatalf("lookup with a bad signature: %v, want ENOENT", err)
 		}
-		if log := m.log.String(); !strings.Contains(log, name) || !strings.Contains(strings.ToLower(log), "signature") {
-			t.Errorf("no logged reason naming the path and the signature:\n%s", log)
+		if !m.waitLog(name, "signature") {
+			t.Errorf("no logged reason naming the path and the signature:\n%s", m.log.String())
 		}
 	})
 	t.Run("untrusted-key-is-enoent", func(t *testing.T) {
