@@ -99,20 +99,7 @@ func startKubo(t *testing.T) *kubo {
 	cmd.Env = append(os.Environ(), "IPFS_PATH="+k.path)
 	var logBuf syncBuffer
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	exited := startProcess(t, cmd, 20*time.Second, nil)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if strings.Contains(logBuf.String(), "Daemon is ready") {
@@ -185,20 +172,7 @@ func startMountAt(t *testing.T, dir string, args ...string) *mount {
 	all = append(all, m.dir)
 	cmd := exec.Command(ipnixBin, all...)
 	cmd.Stdout, cmd.Stderr = m.log, m.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	m.proc = cmd.Process
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
+	exited := startProcess(t, cmd, 15*time.Second, func() {
 		// Whatever happened, leave no mount behind.
 		if isMounted(m.dir) {
 			exec.Command("fusermount3", "-u", "-z", m.dir).Run()
@@ -208,6 +182,7 @@ func startMountAt(t *testing.T, dir string, args ...string) *mount {
 			t.Logf("ipnix mount log:\n%s", m.log.String())
 		}
 	})
+	m.proc = cmd.Process
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(m.log.String(), "ipnix: serving") || !isMounted(m.dir) {
 		select {
@@ -316,4 +291,29 @@ func (m *mount) waitLog(want ...string) bool {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startProcess starts cmd and, in the test's cleanup, stops it with SIGTERM
+// (SIGKILL after grace) and then runs after. The returned channel closes
+// when the process has exited.
+func startProcess(t *testing.T, cmd *exec.Cmd, grace time.Duration, after func()) <-chan struct{} {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(grace):
+			cmd.Process.Kill()
+			<-exited
+		}
+		if after != nil {
+			after()
+		}
+	})
+	return exited
 }
