@@ -34,8 +34,21 @@ type Config struct {
 	// NarHash before the store path is shown. Default 1 MiB; negative
 	// disables.
 	EagerVerifyBytes int64
+	// Readahead is the largest window fetched ahead of a sequential reader
+	// (default 8 MiB; negative disables read-ahead).
+	Readahead int64
+	// ReadaheadWorkers bounds concurrent read-ahead fetches (default 8).
+	ReadaheadWorkers int
 	Log              *slog.Logger
 }
+
+// Defaults for Config.
+const (
+	defaultReadahead = 8 << 20
+	defaultWorkers   = 8
+	// Files up to this size are fetched whole when opened.
+	smallFileBytes = 512 << 10
+)
 
 // Stats counts what the filesystem did; fields are updated atomically.
 type Stats struct {
@@ -47,10 +60,11 @@ type Stats struct {
 
 // FS is the state of one mount: every node points to it.
 type FS struct {
-	cfg   Config
-	log   *slog.Logger
-	root  *rootNode
-	Stats Stats
+	cfg      Config
+	log      *slog.Logger
+	root     *rootNode
+	prefetch *fetch.Prefetcher // nil when read-ahead is off
+	Stats    Stats
 
 	mu    sync.Mutex
 	paths map[string]*storePath // accepted store paths by basename
@@ -68,9 +82,33 @@ func New(cfg Config) *FS {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Readahead == 0 {
+		cfg.Readahead = defaultReadahead
+	}
+	if cfg.ReadaheadWorkers <= 0 {
+		cfg.ReadaheadWorkers = defaultWorkers
+	}
 	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath)}
 	f.root = &rootNode{fsys: f}
+	if cfg.Readahead > 0 {
+		f.prefetch = fetch.NewPrefetcher(cfg.Blocks, cfg.ReadaheadWorkers, 1024)
+	}
 	return f
+}
+
+// Close stops background work (read-ahead). Call it after unmounting.
+func (f *FS) Close() {
+	if f.prefetch != nil {
+		f.prefetch.Close()
+	}
+}
+
+// PrefetchStats returns the read-ahead counters (nil when it is off).
+func (f *FS) PrefetchStats() *fetch.PrefetchStats {
+	if f.prefetch == nil {
+		return nil
+	}
+	return &f.prefetch.Stats
 }
 
 // Timeouts handed to the kernel. Store paths never change, so whatever the

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
+
+	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
@@ -131,6 +135,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 			t.Errorf("unmount: %v", err)
 			_ = Detach(e.dir)
 		}
+		e.fsys.Close()
 	})
 	return e
 }
@@ -365,4 +370,79 @@ func TestCoverage(t *testing.T) {
 			t.Fatalf("after [%d,%d): done=%v spans=%v", s.lo, s.hi, got, c.spans)
 		}
 	}
+}
+
+func TestReadaheadSequentialNotRandom(t *testing.T) {
+	e := newEnv(t, Config{EagerVerifyBytes: -1})
+	tree := fstest.MapFS{
+		"seq":  {Data: pattern(12<<20, 3), Mode: 0o444},
+		"rand": {Data: pattern(12<<20, 4), Mode: 0o444},
+	}
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	ps := e.fsys.PrefetchStats()
+
+	// Random reads: a few scattered small preads.
+	f, err := os.Open(filepath.Join(e.dir, base, "rand"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for _, off := range []int64{9 << 20, 3 << 20, 7 << 20, 1 << 20} {
+		if _, err := f.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if n := ps.Blocks.Load(); n != 0 {
+		t.Fatalf("random reads caused %d read-ahead fetches", n)
+	}
+
+	// A sequential reader: read-ahead fetches blocks beyond what was read.
+	f, err = os.Open(filepath.Join(e.dir, base, "seq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, 2<<20)
+	if _, err := io.ReadFull(f, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, tree["seq"].Data[:2<<20]) {
+		t.Fatal("sequential read returned wrong bytes")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ps.Blocks.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no read-ahead for a sequential reader")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Blocks past what the reader (and the kernel's own 1 MiB read-ahead)
+	// asked for are now in the cache.
+	l, _ := narindex.ParseListing(ls)
+	seq, _ := l.Lookup("seq")
+	nf, err := fetch.OpenFile(context.Background(), e.store, mustCid(t, e, base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead, err := nf.Leaves(context.Background(), seq.NarOffset+4<<20, seq.NarOffset+4<<20+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for !e.mem.Contains(ahead[0].Cid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("block at 4 MiB not fetched ahead of a reader at 2 MiB (read-ahead blocks %d)", ps.Blocks.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func mustCid(t *testing.T, e *env, base string) cid.Cid {
+	t.Helper()
+	c, err := cid.Decode(e.res.paths[base].Info.IpfsCid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -18,6 +18,8 @@ var (
 	_ fs.NodeOpener    = (*fileNode)(nil)
 	_ fs.NodeReader    = (*fileNode)(nil)
 
+	_ fs.FileReleaser = (*fileHandle)(nil)
+
 	_ fs.NodeGetattrer  = (*symlinkNode)(nil)
 	_ fs.NodeReadlinker = (*symlinkNode)(nil)
 )

@@ -3,11 +3,13 @@ package fusefs
 import (
 	"context"
 	"sort"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -181,7 +183,26 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if f.sp.state.Load() == quarantined {
 		return nil, 0, syscall.EIO
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	fsys := f.sp.fs
+	h := &fileHandle{}
+	if fsys.prefetch != nil {
+		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
+		if size := f.ln.Size; size > 0 && size <= smallFileBytes {
+			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, &h.stop)
+		}
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// fileHandle is one open file: its read-ahead state.
+type fileHandle struct {
+	ra   *fetch.Readahead // nil when read-ahead is off
+	stop atomic.Bool      // set on release: abandon queued read-ahead
+}
+
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	h.stop.Store(true)
+	return 0
 }
 
 func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -194,6 +215,11 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	end := min(off+int64(len(dest)), size)
+	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
+		if from, to := h.ra.Observe(off, end-off, size); to > from {
+			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, &h.stop)
+		}
+	}
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)
 	if err != nil && n < int(end-off) {
 		return nil, sp.fs.readErrno(sp, err)

@@ -35,6 +35,10 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_memory_cache_misses_total", "Block requests that went below the memory cache.", "counter", m.mem.Stats.Misses.Load())
 	line("ipnix_memory_cache_evictions_total", "Blocks evicted from memory.", "counter", m.mem.Stats.Evictions.Load())
 	line("ipnix_memory_cache_bytes", "Bytes of blocks held in memory.", "gauge", m.mem.Bytes())
+	if ps := m.fs.PrefetchStats(); ps != nil {
+		line("ipnix_readahead_blocks_total", "Blocks fetched ahead of sequential readers.", "counter", ps.Blocks.Load())
+		line("ipnix_readahead_dropped_total", "Read-ahead requests dropped because the queue was full.", "counter", ps.Dropped.Load())
+	}
 	line("ipnix_store_paths_shown_total", "Store-path lookups answered with a path.", "counter", m.fs.Stats.Lookups.Load())
 	line("ipnix_store_paths_refused_total", "Store-path lookups refused.", "counter", m.fs.Stats.LookupsRefused.Load())
 	line("ipnix_store_paths_verified_total", "Store paths whose whole NAR matched NarHash.", "counter", m.fs.Stats.Verified.Load())

@@ -25,6 +25,7 @@ type mountConfig struct {
 	TrustedKeys   []string
 	API           string
 	MemoryCache   int64
+	Readahead     int64
 	NoRequireSigs bool
 	BlockTimeout  time.Duration
 	Metrics       string
@@ -48,12 +49,13 @@ Example:
 `
 
 func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
-	c := &mountConfig{MemoryCache: 256 << 20}
+	c := &mountConfig{MemoryCache: 256 << 20, Readahead: 8 << 20}
 	fs := newFlagSet("mount", mountSynopsis, out)
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
+	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.DurationVar(&c.BlockTimeout, "block-timeout", fetch.DefaultBlockTimeout, "longest wait for one block before the read fails with EIO")
 	fs.StringVar(&c.Metrics, "metrics", "", "serve counters over HTTP on this loopback address, e.g. 127.0.0.1:9464 (/metrics, Prometheus text)")
@@ -95,7 +97,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 
 const mountOptionsHelp = `Mount options (-o), as in fstab:
   substituter=URL, trusted-public-key=KEY, api=ADDR, memory-cache=SIZE,
-  block-timeout=DURATION, metrics=ADDR
+  readahead=SIZE, block-timeout=DURATION, metrics=ADDR
                      the flags of the same name (substituter and trusted-public-key
                      may repeat; use ';' inside one value is not supported)
   no-require-sigs    as the flag; require-sigs undoes it
@@ -138,6 +140,10 @@ func (c *mountConfig) applyOptions(s string) error {
 		case "memory-cache":
 			if err = need(); err == nil {
 				c.MemoryCache, err = parseSize(val)
+			}
+		case "readahead":
+			if err = need(); err == nil {
+				c.Readahead, err = parseSize(val)
 			}
 		case "block-timeout":
 			if err = need(); err == nil {
@@ -201,12 +207,18 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var fetched fetch.Stats
 	mem := cache.NewMemory(fetch.Verify(kubo, &fetched), c.MemoryCache)
+	readahead := c.Readahead
+	if readahead == 0 {
+		readahead = -1 // off
+	}
 	fsys := fusefs.New(fusefs.Config{
-		Resolver: res,
-		Blocks:   mem,
-		Evict:    mem.Remove,
-		Log:      log,
+		Resolver:  res,
+		Blocks:    mem,
+		Evict:     mem.Remove,
+		Readahead: readahead,
+		Log:       log,
 	})
+	defer fsys.Close()
 	if c.Metrics != "" {
 		ln, err := net.Listen("tcp", c.Metrics)
 		if err != nil {
