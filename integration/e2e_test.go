@@ -199,7 +199,7 @@ func TestStaleMountCleared(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"--api", p.kubo.api, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}
 	first := startMountAt(t, dir, args...)
-	if err := first.proc.Kill(); err != nil {
+	if err := first.proc().Kill(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
