@@ -59,7 +59,8 @@ func (p *published) narInfo(t *testing.T, storePath string) *narindex.NarInfo {
 }
 
 func (p *published) mount(t *testing.T, extra ...string) *mount {
-	return startMount(t, append([]string{"--api", p.kubo.api, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}, extra...)...)
+	// Blocks come from kubo's gateway first, its RPC API second.
+	return startMount(t, append([]string{"--api", p.kubo.api, "--gateway", p.kubo.Gateway, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}, extra...)...)
 }
 
 func TestEndToEnd(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,6 +26,7 @@ type mountConfig struct {
 	Substituters  []string
 	TrustedKeys   []string
 	API           string
+	Gateways      []string
 	MemoryCache   int64
 	Readahead     int64
 	NoRequireSigs bool
@@ -54,6 +57,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
@@ -96,7 +100,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 }
 
 const mountOptionsHelp = `Mount options (-o), as in fstab:
-  substituter=URL, trusted-public-key=KEY, api=ADDR, memory-cache=SIZE,
+  substituter=URL, trusted-public-key=KEY, api=ADDR, gateway=URL, memory-cache=SIZE,
   readahead=SIZE, block-timeout=DURATION, metrics=ADDR
                      the flags of the same name (substituter and trusted-public-key
                      may repeat; use ';' inside one value is not supported)
@@ -136,6 +140,10 @@ func (c *mountConfig) applyOptions(s string) error {
 		case "api":
 			if err = need(); err == nil {
 				c.API = val
+			}
+		case "gateway":
+			if err = need(); err == nil {
+				c.Gateways = append(c.Gateways, val)
 			}
 		case "memory-cache":
 			if err = need(); err == nil {
@@ -205,8 +213,26 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := pingKubo(ctx, kubo); err != nil {
 		log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
 	}
+	gateways := c.Gateways
+	if len(gateways) == 0 {
+		if gw := localGateway(ctx, c.API, kubo); gw != "" {
+			gateways = []string{gw}
+		}
+	}
 	var fetched fetch.Stats
-	mem := cache.NewMemory(fetch.Verify(kubo, &fetched), c.MemoryCache)
+	var sources fetch.Failover
+	var names []string
+	for _, u := range gateways {
+		gw, err := fetch.NewGateway(u, c.BlockTimeout)
+		if err != nil {
+			return usageError{fmt.Errorf("--gateway: %w", err)}
+		}
+		sources = append(sources, fetch.Verify(gw, &fetched))
+		names = append(names, gw.String())
+	}
+	sources = append(sources, fetch.Verify(kubo, &fetched))
+	names = append(names, kubo.String())
+	mem := cache.NewMemory(sources, c.MemoryCache)
 	readahead := c.Readahead
 	if readahead == 0 {
 		readahead = -1 // off
@@ -236,7 +262,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return codedError{exitMount, err}
 	}
-	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; kubo: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), kubo)
+	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; block sources: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), strings.Join(names, ", "))
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	select {
@@ -270,6 +296,32 @@ func unmountServer(srv unmounter, dir string, log *slog.Logger) {
 	}
 	log.Warn("detaching busy mount lazily", "dir", dir)
 	_ = fusefs.Detach(dir)
+}
+
+// localGateway finds the HTTP gateway of the kubo node whose RPC API we
+// use, when it listens on loopback: the gateway file kubo writes into
+// $IPFS_PATH (when the API came from there too), else its configuration.
+func localGateway(ctx context.Context, api string, k *fetch.Kubo) string {
+	if api == "" {
+		root := os.Getenv("IPFS_PATH")
+		if root == "" {
+			if home, err := os.UserHomeDir(); err == nil {
+				root = filepath.Join(home, ".ipfs")
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(root, "gateway")); err == nil {
+			if u := strings.TrimSpace(string(b)); strings.HasPrefix(u, "http://127.0.0.1:") {
+				return u
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	u, err := k.GatewayURL(ctx)
+	if err != nil {
+		return ""
+	}
+	return u
 }
 
 func pingKubo(ctx context.Context, k *fetch.Kubo) error {

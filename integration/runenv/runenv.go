@@ -143,7 +143,9 @@ func StartKubo(bin, path string) (*Kubo, error) {
 		return nil, err
 	}
 	k.API = strings.TrimSpace(string(b))
-	if m := gatewayRE.FindStringSubmatch(p.Log.String()); m != nil {
+	if b, err := os.ReadFile(filepath.Join(path, "gateway")); err == nil {
+		k.Gateway = strings.TrimSpace(string(b))
+	} else if m := gatewayRE.FindStringSubmatch(p.Log.String()); m != nil {
 		k.Gateway = "http://127.0.0.1:" + m[1]
 	}
 	return k, nil
