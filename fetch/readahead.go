@@ -34,7 +34,7 @@ type prefetchJob struct {
 	off  int64
 	end  int64     // a byte range to resolve into leaves, or
 	leaf LeafRange // one leaf to fetch
-	stop *atomic.Bool
+	stop func() bool
 }
 
 // NewPrefetcher starts workers fetching through bg with a queue of queue
@@ -49,8 +49,9 @@ func NewPrefetcher(bg BlockGetter, workers, queue int) *Prefetcher {
 }
 
 // Prefetch asks for the blocks holding bytes [off, end) of f. stop, when
-// set, abandons the work not yet started (the reader closed the file).
-func (p *Prefetcher) Prefetch(f *File, off, end int64, stop *atomic.Bool) {
+// set and true, abandons the work not yet started (the reader closed the
+// file, or its data was refused).
+func (p *Prefetcher) Prefetch(f *File, off, end int64, stop func() bool) {
 	if end > f.Size() {
 		end = f.Size()
 	}
@@ -79,7 +80,7 @@ func (p *Prefetcher) work() {
 			return
 		case j = <-p.jobs:
 		}
-		if j.stop != nil && j.stop.Load() {
+		if j.stop != nil && j.stop() {
 			continue
 		}
 		if j.f != nil && j.leaf.Cid.Defined() {

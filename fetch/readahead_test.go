@@ -78,7 +78,7 @@ func TestPrefetcherFetchesAhead(t *testing.T) {
 	// A stopped reader's queued work is abandoned.
 	var stop atomic.Bool
 	stop.Store(true)
-	p.Prefetch(f, 3<<20, 4<<20, &stop)
+	p.Prefetch(f, 3<<20, 4<<20, stop.Load)
 	time.Sleep(50 * time.Millisecond)
 	if p.Stats.Blocks.Load() != 8 {
 		t.Fatalf("stopped prefetch still fetched (%d blocks)", p.Stats.Blocks.Load())

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ipfs/boxo/ipld/merkledag"
 	"github.com/ipfs/boxo/ipld/unixfs"
@@ -36,6 +37,20 @@ type File struct {
 	mu     sync.Mutex
 	nodes  map[string]*dagNode // intermediate nodes by CID key
 	loader singleflight.Group
+
+	hook atomic.Pointer[func(start int64, data []byte)]
+}
+
+// SetLeafHook installs a function that ReadAt calls, in file order, with
+// every whole leaf it read (start is the leaf's offset in the file). It lets
+// a caller hash the file as it streams by without reading it twice. The
+// hook must be quick and safe for concurrent use; nil removes it.
+func (f *File) SetLeafHook(h func(start int64, data []byte)) {
+	if h == nil {
+		f.hook.Store(nil)
+		return
+	}
+	f.hook.Store(&h)
 }
 
 // dagNode is a parsed intermediate node: optional inline data, then children
@@ -102,11 +117,19 @@ func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(maxParallelLeaves)
-	for _, l := range leaves {
+	hook := f.hook.Load()
+	var whole [][]byte
+	if hook != nil {
+		whole = make([][]byte, len(leaves))
+	}
+	for i, l := range leaves {
 		g.Go(func() error {
 			data, err := f.leafData(gctx, l)
 			if err != nil {
 				return err
+			}
+			if whole != nil {
+				whole[i] = data
 			}
 			// Copy the overlap of [l.Start, l.Start+l.Size) and [off, end).
 			lo, hi := max(l.Start, off), min(l.Start+l.Size, end)
@@ -116,6 +139,9 @@ func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 	if err := g.Wait(); err != nil {
 		return 0, err
+	}
+	for i, data := range whole {
+		(*hook)(leaves[i].Start, data)
 	}
 	n := int(end - off)
 	if n < len(p) {

@@ -118,9 +118,14 @@ func requireFuse(t *testing.T) {
 // newEnv mounts in-process and unmounts in cleanup, even on failure.
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
+	return newEnvCache(t, cfg, 64<<20)
+}
+
+func newEnvCache(t *testing.T, cfg Config, memBytes int64) *env {
+	t.Helper()
 	requireFuse(t)
 	e := &env{store: fetchtest.NewStore(), res: &fakeResolver{paths: map[string]*narindex.Resolved{}}, stats: &fetch.Stats{}}
-	e.mem = cache.NewMemory(fetch.Verify(e.store, e.stats), 64<<20)
+	e.mem = cache.NewMemory(fetch.Verify(e.store, e.stats), memBytes)
 	cfg.Resolver = e.res
 	cfg.Blocks = e.mem
 	cfg.Evict = e.mem.Remove
@@ -264,7 +269,8 @@ func TestLazyRead(t *testing.T) {
 }
 
 func TestQuarantine(t *testing.T) {
-	e := newEnv(t, Config{})
+	// Without read-ahead, so no fetch is in flight when the cache is purged.
+	e := newEnv(t, Config{Readahead: -1})
 	tree := testTree()
 	nar, ls := makeNar(t, tree)
 	// Same size, one byte of share/big different: every block matches its
@@ -445,4 +451,31 @@ func mustCid(t *testing.T, e *env, base string) cid.Cid {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// Reading a store path in NAR order verifies it without a second pass over
+// the NAR, even when the cache is far smaller than the NAR.
+func TestVerifyStreamsWithReaders(t *testing.T) {
+	e := newEnvCache(t, Config{EagerVerifyBytes: -1, Readahead: -1}, 512<<10)
+	tree := fstest.MapFS{
+		"a": {Data: pattern(3<<20, 5), Mode: 0o444},
+		"b": {Data: pattern(2<<20+5, 6), Mode: 0o444},
+		"c": {Data: []byte("tail"), Mode: 0o444},
+	}
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	for _, name := range []string{"a", "b", "c"} {
+		got, err := os.ReadFile(filepath.Join(e.dir, base, name))
+		if err != nil || !bytes.Equal(got, tree[name].Data) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if e.fsys.Stats.Verified.Load() != 1 {
+		t.Fatal("not verified after reading everything")
+	}
+	blocks := int64(len(nar)+256<<10-1) / (256 << 10)
+	// Each leaf once, plus the root; a second pass would double it.
+	if got := e.stats.Blocks.Load(); got > blocks+2 {
+		t.Fatalf("fetched %d blocks for a %d-leaf NAR: verification re-read it", got, blocks)
+	}
 }

@@ -33,7 +33,10 @@ type entryNode struct {
 }
 
 type dirNode struct{ entryNode }
-type fileNode struct{ entryNode }
+type fileNode struct {
+	entryNode
+	prefetched atomic.Bool // a small file is fetched whole on its first open only
+}
 type symlinkNode struct{ entryNode }
 
 // Root returns the root node to mount.
@@ -105,7 +108,7 @@ func (sp *storePath) newInode(ctx context.Context, parent *fs.Inode, ln *narinde
 	case narindex.TypeSymlink:
 		node = &symlinkNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
 	default:
-		node = &fileNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
+		node = &fileNode{entryNode: entryNode{sp: sp, ln: ln, ordinal: ord}}
 	}
 	sp.fillAttr(ln, ord, &out.Attr)
 	return parent.NewInode(ctx, node, fs.StableAttr{Mode: modeOf(ln), Ino: ino(sp.index, ord)})
@@ -187,8 +190,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	h := &fileHandle{}
 	if fsys.prefetch != nil {
 		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
-		if size := f.ln.Size; size > 0 && size <= smallFileBytes {
-			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, &h.stop)
+		// Later opens find the pages in the kernel's cache (FOPEN_KEEP_CACHE).
+		if size := f.ln.Size; size > 0 && size <= smallFileBytes && !f.prefetched.Swap(true) {
+			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, h.stopped(f.sp))
 		}
 	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
@@ -198,6 +202,12 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 type fileHandle struct {
 	ra   *fetch.Readahead // nil when read-ahead is off
 	stop atomic.Bool      // set on release: abandon queued read-ahead
+}
+
+// stopped tells read-ahead to give up: the file was closed or its store
+// path quarantined.
+func (h *fileHandle) stopped(sp *storePath) func() bool {
+	return func() bool { return h.stop.Load() || sp.state.Load() == quarantined }
 }
 
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
@@ -217,7 +227,7 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	end := min(off+int64(len(dest)), size)
 	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
 		if from, to := h.ra.Observe(off, end-off, size); to > from {
-			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, &h.stop)
+			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, h.stopped(sp))
 		}
 	}
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)

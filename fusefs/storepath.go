@@ -1,12 +1,12 @@
 package fusefs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sort"
 	"sync"
@@ -46,6 +46,25 @@ type storePath struct {
 	allRead   bool
 
 	verifyMu sync.Mutex
+
+	// The NAR is hashed as it streams past readers: every leaf that ReadAt
+	// delivers at the hash frontier is fed in, so a store path read in NAR
+	// order is checked without a second pass.
+	hmu      sync.Mutex
+	hasher   hash.Hash
+	hashedTo int64
+	hashing  bool
+}
+
+// onLeaf is the NAR file's leaf hook.
+func (sp *storePath) onLeaf(start int64, data []byte) {
+	sp.hmu.Lock()
+	defer sp.hmu.Unlock()
+	if !sp.hashing || start != sp.hashedTo {
+		return
+	}
+	sp.hasher.Write(data)
+	sp.hashedTo += int64(len(data))
 }
 
 // storePath returns the accepted store path named base, resolving it on
@@ -100,7 +119,9 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if nar.Size() != int64(info.NarSize) {
 		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
 	}
-	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage)}
+	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage),
+		hasher: sha256.New(), hashing: true}
+	nar.SetLeafHook(sp.onLeaf)
 	if res.ListingData != nil {
 		l, err := narindex.ParseListing(res.ListingData)
 		if err == nil {
@@ -226,56 +247,65 @@ func (sp *storePath) verify(ctx context.Context) error {
 var errQuarantined = errors.New("store path is quarantined: its NAR does not match the signed NarHash")
 
 // check returns a non-nil bad when the NAR is not what the narinfo and the
-// listing promised, and err when it could not be read.
+// listing promised, and err when it could not be read. The hash picks up
+// where streaming left it; the structure is checked by parsing the NAR's
+// headers (blocks the readers mostly fetched already) into a listing that
+// must equal the one served.
 func (sp *storePath) check(ctx context.Context) (bad, err error) {
-	h := sha256.New()
-	r := bufio.NewReaderSize(io.NewSectionReader(ctxReaderAt{ctx, sp.nar}, 0, sp.nar.Size()), 1<<20)
-	nr := narindex.NewNarReader(io.TeeReader(r, h))
-	entries := 0
-	for {
-		e, err := nr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			if errors.Is(err, narindex.ErrMalformedNAR) {
-				return err, nil
-			}
+	size := sp.nar.Size()
+	sp.hmu.Lock()
+	sp.hashing = false // from here on this goroutine owns the hasher
+	h, off := sp.hasher, sp.hashedTo
+	sp.hmu.Unlock()
+	buf := make([]byte, 1<<20)
+	for off < size {
+		n, err := sp.nar.ReadAt(ctx, buf[:min(int64(len(buf)), size-off)], off)
+		h.Write(buf[:n])
+		off += int64(n)
+		if err != nil && err != io.EOF {
+			sp.hmu.Lock()
+			sp.hashedTo = off // keep the progress for the next try
+			sp.hmu.Unlock()
 			return nil, err
 		}
-		entries++
-		if err := sp.matchListing(e); err != nil {
+	}
+	sp.hmu.Lock()
+	sp.hashedTo = off
+	sp.hmu.Unlock()
+	want := sp.info.NarHash
+	if got := h.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
+		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), want), nil
+	}
+	l, err := narindex.ListingFromNar(io.NewSectionReader(ctxReaderAt{ctx, sp.nar}, 0, size))
+	if err != nil {
+		if errors.Is(err, narindex.ErrMalformedNAR) {
 			return err, nil
 		}
-		if e.Type == narindex.TypeRegular {
-			if _, err := io.Copy(io.Discard, nr); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if _, err := io.Copy(h, r); err != nil {
 		return nil, err
 	}
-	if entries != len(sp.ordinals) {
-		return fmt.Errorf("NAR has %d entries, listing %d", entries, len(sp.ordinals)), nil
-	}
-	want := sp.info.NarHash
-	if want.Algo != "sha256" || !bytes.Equal(h.Sum(nil), want.Digest) {
-		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(h.Sum(nil)), want), nil
+	if p := listingDiff(l.Root, sp.listing.Root, ""); p != "" {
+		return fmt.Errorf("NAR entry %q differs from the listing that was served", p), nil
 	}
 	return nil, nil
 }
 
-func (sp *storePath) matchListing(e *narindex.NarEntry) error {
-	n, err := sp.listing.Lookup(e.Path)
-	if err != nil {
-		return fmt.Errorf("NAR entry %q is not in the listing", e.Path)
+// listingDiff returns the path of the first entry where a and b differ, or
+// "" when they are equal.
+func listingDiff(a, b *narindex.ListingNode, path string) string {
+	if a.Type != b.Type || a.Executable != b.Executable || a.Target != b.Target ||
+		a.Size != b.Size || a.NarOffset != b.NarOffset || len(a.Entries) != len(b.Entries) {
+		return "/" + path
 	}
-	if n.Type != e.Type || n.Executable != e.Executable || n.Target != e.Target ||
-		(e.Type == narindex.TypeRegular && (n.Size != e.Size || n.NarOffset != e.Offset)) {
-		return fmt.Errorf("NAR entry %q differs from the listing", e.Path)
+	for name, ca := range a.Entries {
+		cb, ok := b.Entries[name]
+		if !ok {
+			return "/" + path + "/" + name
+		}
+		if p := listingDiff(ca, cb, path+"/"+name); p != "" {
+			return p
+		}
 	}
-	return nil
+	return ""
 }
 
 // quarantine makes every later open and read of the store path fail and
