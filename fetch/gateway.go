@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -63,12 +62,12 @@ func (g *Gateway) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("%s: block %s: HTTP %s", g, c, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxBlockSize+1))
+	data, err := readBlock(resp.Body, resp.ContentLength)
 	if err != nil {
+		if errors.Is(err, ErrBlockTooLarge) {
+			return nil, fmt.Errorf("%s: %w: %s", g, ErrBlockTooLarge, c)
+		}
 		return nil, fmt.Errorf("%s: block %s: %w", g, c, err)
-	}
-	if len(data) > MaxBlockSize {
-		return nil, fmt.Errorf("%s: %w: %s", g, ErrBlockTooLarge, c)
 	}
 	return blocks.NewBlockWithCid(data, c)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -136,12 +135,12 @@ func (k *Kubo) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		return nil, k.wrap(ctx, c, resp.Error)
 	}
 	defer resp.Cancel()
-	data, err := io.ReadAll(io.LimitReader(resp.Output, MaxBlockSize+1))
+	data, err := readBlock(resp.Output, -1)
+	if errors.Is(err, ErrBlockTooLarge) {
+		return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockTooLarge, c)
+	}
 	if err != nil {
 		return nil, k.wrap(ctx, c, err)
-	}
-	if len(data) > MaxBlockSize {
-		return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockTooLarge, c)
 	}
 	return blocks.NewBlockWithCid(data, c)
 }

@@ -121,6 +121,7 @@ func (p *Prefetcher) Close() {
 type Readahead struct {
 	mu     sync.Mutex
 	max    int64
+	slack  int64 // a read this far past the previous one still counts as sequential
 	next   int64 // where a sequential reader reads next
 	window int64
 	ahead  int64 // bytes before this offset were already asked for
@@ -130,15 +131,32 @@ type Readahead struct {
 // MinWindow is the read-ahead window after the first sequential read.
 const MinWindow = 1 << 20
 
-// NewReadahead returns a detector with the given maximum window.
+// NewReadahead returns a detector with the given maximum window, for one
+// file read from its start.
 func NewReadahead(max int64) *Readahead { return &Readahead{max: max} }
+
+// NewStreamReadahead returns a detector for a stream read piecewise, such
+// as a NAR read file after file in NAR order: a read counts as sequential
+// when it starts at most slack bytes after the previous one ended (the gap
+// holds the next entries' headers). The first read only sets the position.
+func NewStreamReadahead(max, slack int64) *Readahead {
+	return &Readahead{max: max, slack: slack, reads: -1}
+}
 
 // Observe records a read of n bytes at off in a file of size bytes and
 // returns the range to prefetch (from >= to means none).
 func (r *Readahead) Observe(off, n, size int64) (from, to int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	sequential := off == r.next && (off > 0 || r.reads == 0)
+	var sequential bool
+	switch {
+	case r.reads < 0: // a stream's first read
+		r.reads = 0
+	case r.slack > 0:
+		sequential = off >= r.next && off <= r.next+r.slack
+	default:
+		sequential = off == r.next && (off > 0 || r.reads == 0)
+	}
 	r.reads++
 	r.next = off + n
 	if !sequential || r.max <= 0 {

@@ -10,13 +10,15 @@ var (
 	_ fs.NodeGetattrer = (*rootNode)(nil)
 	_ fs.NodeStatfser  = (*rootNode)(nil)
 
-	_ fs.NodeGetattrer = (*dirNode)(nil)
-	_ fs.NodeLookuper  = (*dirNode)(nil)
-	_ fs.NodeReaddirer = (*dirNode)(nil)
+	_ fs.NodeGetattrer      = (*dirNode)(nil)
+	_ fs.NodeLookuper       = (*dirNode)(nil)
+	_ fs.NodeReaddirer      = (*dirNode)(nil)
+	_ fs.NodeOpendirHandler = (*dirNode)(nil)
 
 	_ fs.NodeGetattrer = (*fileNode)(nil)
 	_ fs.NodeOpener    = (*fileNode)(nil)
 	_ fs.NodeReader    = (*fileNode)(nil)
+	_ fs.NodeFlusher   = (*fileNode)(nil)
 
 	_ fs.FileReleaser = (*fileHandle)(nil)
 

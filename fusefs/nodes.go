@@ -163,13 +163,29 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	return fs.NewListDirStream(d.entries()), 0
+}
+
+// OpendirHandle lets the kernel cache the listing (FOPEN_CACHE_DIR): a
+// directory inside a store path never changes.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return fs.NewListDirStream(d.entries()), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (d *dirNode) entries() []fuse.DirEntry {
 	names := sortedNames(d.ln)
 	out := make([]fuse.DirEntry, len(names))
 	for i, name := range names {
 		c := d.ln.Entries[name]
 		out[i] = fuse.DirEntry{Name: name, Mode: modeOf(c), Ino: ino(d.sp.index, d.sp.ordinals[c])}
 	}
-	return fs.NewListDirStream(out), 0
+	return out
+}
+
+// Flush answers ENOSYS once, and the kernel stops sending FLUSH on every
+// close: nothing is ever written here.
+func (f *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
 }
 
 func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -204,6 +220,9 @@ type fileHandle struct {
 	stop atomic.Bool      // set on release: abandon queued read-ahead
 }
 
+// quarantined reports whether the store path's data was refused.
+func (sp *storePath) quarantined() bool { return sp.state.Load() == quarantined }
+
 // stopped tells read-ahead to give up: the file was closed or its store
 // path quarantined.
 func (h *fileHandle) stopped(sp *storePath) func() bool {
@@ -228,6 +247,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
 		if from, to := h.ra.Observe(off, end-off, size); to > from {
 			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, h.stopped(sp))
+		}
+		if from, to := sp.narRA.Observe(f.ln.NarOffset+off, end-off, sp.nar.Size()); to > from {
+			sp.fs.prefetch.Prefetch(sp.nar, from, to, sp.quarantined)
 		}
 	}
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)

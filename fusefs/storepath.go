@@ -18,6 +18,11 @@ import (
 	"github.com/ipnix/ipnix/narindex"
 )
 
+// narGapSlack is how far past the end of one read the next may start and
+// still continue a walk in NAR order: the headers of the next entries (and
+// of empty files, symlinks and directories between) sit in that gap.
+const narGapSlack = 64 << 10
+
 // Verification states of a store path.
 const (
 	unverified int32 = iota
@@ -37,6 +42,10 @@ type storePath struct {
 	listing  *narindex.Listing
 	ordinals map[*narindex.ListingNode]uint32
 	regular  int // regular files with at least one byte
+
+	// narRA spots readers that walk the store path in NAR order (tar, cp
+	// -r, nix hash path, find -exec cat) and reads ahead across files.
+	narRA *fetch.Readahead
 
 	state atomic.Int32
 
@@ -122,6 +131,9 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage),
 		hasher: sha256.New(), hashing: true}
 	nar.SetLeafHook(sp.onLeaf)
+	if f.prefetch != nil {
+		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
+	}
 	if res.ListingData != nil {
 		l, err := narindex.ParseListing(res.ListingData)
 		if err == nil {

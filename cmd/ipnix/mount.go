@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -19,6 +20,10 @@ import (
 	"github.com/ipnix/ipnix/fusefs"
 	"github.com/ipnix/ipnix/narindex"
 )
+
+// memoryHeadroom is what the mount process may use beside its block cache:
+// in-flight blocks, parsed DAG nodes, listings, FUSE buffers.
+const memoryHeadroom = 64 << 20
 
 // mountConfig is everything `ipnix mount` is told, from flags and -o.
 type mountConfig struct {
@@ -190,6 +195,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
+	// Keep the process near its configured size: the cache holds large
+	// pointer-free byte slices, so a tighter GC costs little, while the
+	// default (heap may double before a collection) would let RSS reach
+	// twice the cache. GOMEMLIMIT, when set, wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(c.MemoryCache + memoryHeadroom)
+	}
 
 	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs}
 	for _, k := range c.TrustedKeys {
