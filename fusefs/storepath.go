@@ -146,7 +146,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		}
 	}
 	if sp.listing == nil {
-		l, err := narindex.ListingFromNar(io.NewSectionReader(ctxReaderAt{ctx, nar}, 0, nar.Size()))
+		l, err := narindex.ListingFromNar(newSeekBuffer(ctxReaderAt{ctx, nar}, nar.Size()))
 		if err != nil {
 			if errors.Is(err, narindex.ErrMalformedNAR) {
 				return nil, fmt.Errorf("%w: %s: NAR %s: %v", narindex.ErrRejected, base, c, err)
@@ -288,7 +288,7 @@ func (sp *storePath) check(ctx context.Context) (bad, err error) {
 	if got := h.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
 		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), want), nil
 	}
-	l, err := narindex.ListingFromNar(io.NewSectionReader(ctxReaderAt{ctx, sp.nar}, 0, size))
+	l, err := narindex.ListingFromNar(newSeekBuffer(ctxReaderAt{ctx, sp.nar}, size))
 	if err != nil {
 		if errors.Is(err, narindex.ErrMalformedNAR) {
 			return err, nil
@@ -369,4 +369,57 @@ func (c *coverage) add(lo, hi, size int64) bool {
 		c.spans = nil
 	}
 	return c.done
+}
+
+// seekBuffer reads an io.ReaderAt as an io.ReadSeeker through a buffer, so
+// that a NAR parser's many small token reads become few block reads while
+// its seeks over file contents still skip them.
+type seekBuffer struct {
+	ra     io.ReaderAt
+	size   int64
+	pos    int64
+	buf    []byte
+	bufOff int64
+}
+
+func newSeekBuffer(ra io.ReaderAt, size int64) *seekBuffer {
+	return &seekBuffer{ra: ra, size: size, buf: make([]byte, 0, 64<<10)}
+}
+
+func (s *seekBuffer) Read(p []byte) (int, error) {
+	if s.pos >= s.size {
+		return 0, io.EOF
+	}
+	if s.pos < s.bufOff || s.pos >= s.bufOff+int64(len(s.buf)) {
+		n := min(int64(cap(s.buf)), s.size-s.pos)
+		s.buf = s.buf[:n]
+		m, err := s.ra.ReadAt(s.buf, s.pos)
+		s.buf, s.bufOff = s.buf[:m], s.pos
+		if m == 0 {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+	}
+	n := copy(p, s.buf[s.pos-s.bufOff:])
+	s.pos += int64(n)
+	return n, nil
+}
+
+func (s *seekBuffer) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		off += s.pos
+	case io.SeekEnd:
+		off += s.size
+	default:
+		return 0, errors.New("seekBuffer: bad whence")
+	}
+	if off < 0 {
+		return 0, errors.New("seekBuffer: negative position")
+	}
+	s.pos = off
+	return off, nil
 }

@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -33,7 +34,9 @@ func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer) (*in
 	}
 	lch := make(chan listingResult, 1)
 	go func() {
-		l, err := narindex.ListingFromNar(pr)
+		// The parser reads token by token; a buffer keeps each read from
+		// being a hand-off through the pipe.
+		l, err := narindex.ListingFromNar(bufio.NewReaderSize(pr, 256<<10))
 		// Drain whatever the parser did not need so the writer never blocks.
 		_, _ = io.Copy(io.Discard, pr)
 		var data []byte
