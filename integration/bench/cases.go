@@ -135,17 +135,17 @@ func (b *bench) b1Cold() error {
 
 // kuboFuseRead reads /ipfs/<cid> through kubo's own FUSE mount.
 func (b *bench) kuboFuseRead(cid string) (time.Duration, error) {
-	ipfsDir, ipnsDir := filepath.Join(b.work, "kubo-ipfs"), filepath.Join(b.work, "kubo-ipns")
-	for _, d := range []string{ipfsDir, ipnsDir} {
+	ipfsDir, ipnsDir, mfsDir := filepath.Join(b.work, "kubo-ipfs"), filepath.Join(b.work, "kubo-ipns"), filepath.Join(b.work, "kubo-mfs")
+	for _, d := range []string{ipfsDir, ipnsDir, mfsDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return 0, err
 		}
 	}
-	if _, err := b.kubo.Run(nil, "mount", "-f", ipfsDir, "-n", ipnsDir); err != nil {
+	if _, err := b.kubo.Run(nil, "mount", "-f", ipfsDir, "-n", ipnsDir, "-m", mfsDir); err != nil {
 		return 0, err
 	}
 	defer func() {
-		for _, d := range []string{ipfsDir, ipnsDir} {
+		for _, d := range []string{ipfsDir, ipnsDir, mfsDir} {
 			exec.Command("fusermount", "-u", "-z", d).Run()
 		}
 	}()
