@@ -17,7 +17,7 @@ func TestMountArgs(t *testing.T) {
 		err  string
 	}{
 		{"plain", append(base, "/mnt"), func(c *mountConfig) bool {
-			return c.MountPoint == "/mnt" && c.MemoryCache == 256<<20 && !c.NoRequireSigs && c.BlockTimeout == 30*time.Second
+			return c.MountPoint == "/mnt" && c.MemoryCache == 64<<20 && !c.NoRequireSigs && c.BlockTimeout == 30*time.Second
 		}, ""},
 		{"source and dir as mount(8) passes", append(base, "ipnix", "/mnt"), func(c *mountConfig) bool { return c.MountPoint == "/mnt" }, ""},
 		{"fstab options", []string{"-o", "substituter=file:///a,substituter=http://b,trusted-public-key=k:AAAA,api=/ip4/127.0.0.1/tcp/5001,memory-cache=1GiB,allow_other,nosuid,nodev,ro,_netdev", "/mnt"},

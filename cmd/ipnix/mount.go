@@ -57,7 +57,7 @@ Example:
 `
 
 func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
-	c := &mountConfig{MemoryCache: 256 << 20, Readahead: 8 << 20}
+	c := &mountConfig{MemoryCache: 64 << 20, Readahead: 8 << 20}
 	fs := newFlagSet("mount", mountSynopsis, out)
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")

@@ -64,7 +64,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	b := &bench{log: os.Stderr, memCache: 256 << 20}
+	b := &bench{log: os.Stderr, memCache: 64 << 20}
 	if err := b.run(int64(size)); err != nil {
 		fatal(err)
 	}
