@@ -100,6 +100,12 @@ func (m *Memory) add(key string, data []byte) {
 	m.bytes += size
 }
 
+// Put stores a block that arrived by another path (a batched fetch). The
+// caller vouches that it was verified.
+func (m *Memory) Put(b blocks.Block) {
+	m.add(string(b.Cid().Hash()), b.RawData())
+}
+
 // Remove drops the block named by c, if held.
 func (m *Memory) Remove(c cid.Cid) {
 	m.mu.Lock()

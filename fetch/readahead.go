@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+
+	blocks "github.com/ipfs/go-block-format"
 )
 
 // Prefetcher fetches blocks ahead of readers on a bounded pool of workers.
@@ -13,6 +15,8 @@ import (
 // never blocks a reader: when the queue is full, work is dropped.
 type Prefetcher struct {
 	bg     BlockGetter
+	batch  RangeSource        // when set, ranges come in one request each
+	put    func(blocks.Block) // where batched blocks go (the cache)
 	ctx    context.Context
 	cancel context.CancelFunc
 	jobs   chan prefetchJob
@@ -25,6 +29,7 @@ type Prefetcher struct {
 // PrefetchStats counts read-ahead work.
 type PrefetchStats struct {
 	Blocks  atomic.Int64 // blocks fetched (or found cached) by read-ahead
+	Batches atomic.Int64 // ranges fetched in one request
 	Dropped atomic.Int64 // jobs dropped because the queue was full
 	Errors  atomic.Int64 // read-ahead fetches that failed (the reader will retry)
 }
@@ -98,6 +103,27 @@ func (p *Prefetcher) work() {
 			p.Stats.Errors.Add(1)
 			continue
 		}
+		if p.batch != nil && len(leaves) > 1 {
+			got := map[string]bool{}
+			_, err := j.f.FetchRange(p.ctx, p.batch, j.off, j.end, func(b blocks.Block) {
+				got[string(b.Cid().Hash())] = true
+				p.put(b)
+				p.Stats.Blocks.Add(1)
+			})
+			p.Stats.Batches.Add(1)
+			if err == nil {
+				continue
+			}
+			p.Stats.Errors.Add(1)
+			// Fall back to single blocks for what did not arrive.
+			var rest []LeafRange
+			for _, l := range leaves {
+				if !got[string(l.Cid.Hash())] {
+					rest = append(rest, l)
+				}
+			}
+			leaves = rest
+		}
 		for _, l := range leaves {
 			if l.data != nil {
 				continue
@@ -105,6 +131,13 @@ func (p *Prefetcher) work() {
 			p.enqueue(prefetchJob{f: j.f, leaf: l, stop: j.stop})
 		}
 	}
+}
+
+// SetBatch makes the prefetcher fetch each range of more than one missing
+// block from src in one request, handing the verified blocks to put. Call
+// before use.
+func (p *Prefetcher) SetBatch(src RangeSource, put func(blocks.Block)) {
+	p.batch, p.put = src, put
 }
 
 // Close cancels outstanding work and waits for the workers to finish.

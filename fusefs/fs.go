@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/singleflight"
 
@@ -39,7 +40,11 @@ type Config struct {
 	Readahead int64
 	// ReadaheadWorkers bounds concurrent read-ahead fetches (default 8).
 	ReadaheadWorkers int
-	Log              *slog.Logger
+	// Batch, when set, serves read-ahead ranges in one request each; the
+	// verified blocks go to Put (normally the memory cache).
+	Batch fetch.RangeSource
+	Put   func(blocks.Block)
+	Log   *slog.Logger
 }
 
 // Defaults for Config.
@@ -92,6 +97,9 @@ func New(cfg Config) *FS {
 	f.root = &rootNode{fsys: f}
 	if cfg.Readahead > 0 {
 		f.prefetch = fetch.NewPrefetcher(cfg.Blocks, cfg.ReadaheadWorkers, 1024)
+		if cfg.Batch != nil && cfg.Put != nil {
+			f.prefetch.SetBatch(cfg.Batch, cfg.Put)
+		}
 	}
 	return f
 }

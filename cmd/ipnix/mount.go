@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/spf13/pflag"
 
 	"github.com/ipnix/ipnix/cache"
@@ -34,6 +35,7 @@ type mountConfig struct {
 	Gateways      []string
 	MemoryCache   int64
 	Readahead     int64
+	BatchFetch    bool
 	NoRequireSigs bool
 	BlockTimeout  time.Duration
 	Metrics       string
@@ -65,6 +67,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
+	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.DurationVar(&c.BlockTimeout, "block-timeout", fetch.DefaultBlockTimeout, "longest wait for one block before the read fails with EIO")
 	fs.StringVar(&c.Metrics, "metrics", "", "serve counters over HTTP on this loopback address, e.g. 127.0.0.1:9464 (/metrics, Prometheus text)")
@@ -109,7 +112,8 @@ const mountOptionsHelp = `Mount options (-o), as in fstab:
   readahead=SIZE, block-timeout=DURATION, metrics=ADDR
                      the flags of the same name (substituter and trusted-public-key
                      may repeat; use ';' inside one value is not supported)
-  no-require-sigs    as the flag; require-sigs undoes it
+  no-require-sigs, batch-fetch
+                     as the flags; require-sigs undoes no-require-sigs
   debug              as --debug
   allow_other        let every user read the mount (needed for a /nix/store overlay)
   default_permissions, nosuid, nodev, noexec, exec, suid, dev
@@ -166,6 +170,8 @@ func (c *mountConfig) applyOptions(s string) error {
 			if err = need(); err == nil {
 				c.Metrics = val
 			}
+		case "batch-fetch":
+			c.BatchFetch = true
 		case "no-require-sigs":
 			c.NoRequireSigs = true
 		case "require-sigs":
@@ -234,6 +240,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var fetched fetch.Stats
 	var sources fetch.Failover
 	var names []string
+	var batch fetch.RangeSource
 	for _, u := range gateways {
 		gw, err := fetch.NewGateway(u, c.BlockTimeout)
 		if err != nil {
@@ -241,6 +248,12 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		sources = append(sources, fetch.Verify(gw, &fetched))
 		names = append(names, gw.String())
+		if batch == nil && c.BatchFetch {
+			batch = gw
+		}
+	}
+	if c.BatchFetch && batch == nil {
+		return usageError{errors.New("--batch-fetch needs a --gateway (or a local kubo gateway to discover)")}
 	}
 	sources = append(sources, fetch.Verify(kubo, &fetched))
 	names = append(names, kubo.String())
@@ -254,7 +267,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Blocks:    mem,
 		Evict:     mem.Remove,
 		Readahead: readahead,
-		Log:       log,
+		Batch:     batch,
+		Put: func(b blocks.Block) { // verified by FetchRange
+			fetched.Blocks.Add(1)
+			fetched.Bytes.Add(int64(len(b.RawData())))
+			mem.Put(b)
+		},
+		Log: log,
 	})
 	defer fsys.Close()
 	if c.Metrics != "" {
