@@ -44,7 +44,12 @@ type Config struct {
 	// verified blocks go to Put (normally the memory cache).
 	Batch fetch.RangeSource
 	Put   func(blocks.Block)
-	Log   *slog.Logger
+	// FilesDir, when set, holds local copies of files of verified store
+	// paths for FUSE passthrough, up to FilesQuota bytes. It is cleared at
+	// start.
+	FilesDir   string
+	FilesQuota int64
+	Log        *slog.Logger
 }
 
 // Defaults for Config.
@@ -57,10 +62,12 @@ const (
 
 // Stats counts what the filesystem did; fields are updated atomically.
 type Stats struct {
-	Lookups        atomic.Int64 // store paths resolved and shown
-	LookupsRefused atomic.Int64 // store-path lookups answered ENOENT or EIO
-	Verified       atomic.Int64 // store paths whose whole NAR matched NarHash
-	Quarantined    atomic.Int64 // store paths whose NAR did not
+	Lookups             atomic.Int64 // store paths resolved and shown
+	LookupsRefused      atomic.Int64 // store-path lookups answered ENOENT or EIO
+	Verified            atomic.Int64 // store paths whose whole NAR matched NarHash
+	Passthrough         atomic.Int64 // opens offered a local copy for passthrough
+	PassthroughFellBack atomic.Int64 // reads that reached us on a handle with a local copy
+	Quarantined         atomic.Int64 // store paths whose NAR did not
 }
 
 // FS is the state of one mount: every node points to it.
@@ -69,6 +76,7 @@ type FS struct {
 	log      *slog.Logger
 	root     *rootNode
 	prefetch *fetch.Prefetcher // nil when read-ahead is off
+	files    *files            // nil when passthrough is off
 	Stats    Stats
 
 	mu    sync.Mutex
@@ -79,7 +87,7 @@ type FS struct {
 }
 
 // New returns a filesystem serving cfg.
-func New(cfg Config) *FS {
+func New(cfg Config) (*FS, error) {
 	if cfg.EagerVerifyBytes == 0 {
 		cfg.EagerVerifyBytes = 1 << 20
 	}
@@ -95,13 +103,20 @@ func New(cfg Config) *FS {
 	}
 	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath)}
 	f.root = &rootNode{fsys: f}
+	if cfg.FilesDir != "" {
+		fl, err := newFiles(cfg.FilesDir, cfg.FilesQuota)
+		if err != nil {
+			return nil, err
+		}
+		f.files = fl
+	}
 	if cfg.Readahead > 0 {
 		f.prefetch = fetch.NewPrefetcher(cfg.Blocks, cfg.ReadaheadWorkers, 1024)
 		if cfg.Batch != nil && cfg.Put != nil {
 			f.prefetch.SetBatch(cfg.Batch, cfg.Put)
 		}
 	}
-	return f
+	return f, nil
 }
 
 // Close stops background work (read-ahead). Call it after unmounting.

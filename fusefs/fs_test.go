@@ -129,7 +129,11 @@ func newEnvCache(t *testing.T, cfg Config, memBytes int64) *env {
 	cfg.Resolver = e.res
 	cfg.Blocks = e.mem
 	cfg.Evict = e.mem.Remove
-	e.fsys = New(cfg)
+	fsys, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.fsys = fsys
 	e.dir = t.TempDir()
 	srv, err := Mount(e.dir, e.fsys, MountOptions{})
 	if err != nil {
@@ -477,5 +481,52 @@ func TestVerifyStreamsWithReaders(t *testing.T) {
 	// Each leaf once, plus the root; a second pass would double it.
 	if got := e.stats.Blocks.Load(); got > blocks+2 {
 		t.Fatalf("fetched %d blocks for a %d-leaf NAR: verification re-read it", got, blocks)
+	}
+}
+
+// Once a store path is verified, opening a large file hands the kernel a
+// local copy (FUSE passthrough): its reads no longer reach this process.
+// Without room for copies, reads take the normal path and stay correct.
+func TestPassthrough(t *testing.T) {
+	for _, quota := range []int64{1 << 30, 1} {
+		t.Run(fmt.Sprintf("quota=%d", quota), func(t *testing.T) {
+			e := newEnv(t, Config{FilesDir: filepath.Join(t.TempDir(), "files"), FilesQuota: quota})
+			tree := testTree()
+			nar, ls := makeNar(t, tree)
+			base := e.add(t, "pkg", nar, nar, ls)
+			for name, f := range tree {
+				if f.Mode.IsRegular() {
+					if _, err := os.ReadFile(filepath.Join(e.dir, base, name)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if e.fsys.Stats.Verified.Load() != 1 {
+				t.Fatal("not verified")
+			}
+			// Drop the pages the first reads left, so that reads must go
+			// somewhere: to the local copy, or back to this process.
+			dropped := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) == nil
+			big := filepath.Join(e.dir, base, "share/big")
+			got, err := os.ReadFile(big)
+			if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
+				t.Fatalf("read through passthrough: %v", err)
+			}
+			offered, fellBack := e.fsys.Stats.Passthrough.Load(), e.fsys.Stats.PassthroughFellBack.Load()
+			t.Logf("passthrough offered %d, reads that reached ipnix on such handles %d", offered, fellBack)
+			if quota > 1 {
+				if offered == 0 {
+					t.Fatal("a verified large file was not offered for passthrough")
+				}
+				switch {
+				case !dropped:
+					t.Log("cannot drop the page cache here; not checking where reads went")
+				case fellBack != 0:
+					t.Fatalf("kernel did not use the passthrough copy: %d reads reached ipnix", fellBack)
+				}
+			} else if offered != 0 {
+				t.Fatal("passthrough offered without room for a local copy")
+			}
+		})
 	}
 }

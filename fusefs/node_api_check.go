@@ -20,7 +20,8 @@ var (
 	_ fs.NodeReader    = (*fileNode)(nil)
 	_ fs.NodeFlusher   = (*fileNode)(nil)
 
-	_ fs.FileReleaser = (*fileHandle)(nil)
+	_ fs.FileReleaser        = (*fileHandle)(nil)
+	_ fs.FilePassthroughFder = (*fileHandle)(nil)
 
 	_ fs.NodeGetattrer  = (*symlinkNode)(nil)
 	_ fs.NodeReadlinker = (*symlinkNode)(nil)

@@ -203,7 +203,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.EIO
 	}
 	fsys := f.sp.fs
-	h := &fileHandle{}
+	h := &fileHandle{fd: -1, fsys: fsys}
 	if fsys.prefetch != nil {
 		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
 		// Later opens find the pages in the kernel's cache (FOPEN_KEEP_CACHE).
@@ -211,13 +211,33 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, h.stopped(f.sp))
 		}
 	}
+	if fsys.files != nil && f.sp.state.Load() == verified && f.ln.Size >= passthroughMin {
+		fd, err := fsys.files.open(ctx, f.sp, f.ln, f.ordinal)
+		if err != nil {
+			fsys.log.Debug("no passthrough", "path", f.sp.base, "err", err)
+		} else {
+			h.fd = fd
+		}
+	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// fileHandle is one open file: its read-ahead state.
+// fileHandle is one open file: its read-ahead state and, for passthrough,
+// the descriptor of a local copy.
 type fileHandle struct {
 	ra   *fetch.Readahead // nil when read-ahead is off
 	stop atomic.Bool      // set on release: abandon queued read-ahead
+	fd   int              // local copy for passthrough, or -1
+	fsys *FS
+}
+
+// PassthroughFd offers the kernel the local copy, if there is one.
+func (h *fileHandle) PassthroughFd() (int, bool) {
+	if h.fd < 0 {
+		return -1, false
+	}
+	h.fsys.Stats.Passthrough.Add(1)
+	return h.fd, true
 }
 
 // quarantined reports whether the store path's data was refused.
@@ -231,6 +251,10 @@ func (h *fileHandle) stopped(sp *storePath) func() bool {
 
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 	h.stop.Store(true)
+	if h.fd >= 0 {
+		syscall.Close(h.fd)
+		h.fd = -1
+	}
 	return 0
 }
 
@@ -244,6 +268,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	end := min(off+int64(len(dest)), size)
+	if h, ok := fh.(*fileHandle); ok && h.fd >= 0 {
+		sp.fs.Stats.PassthroughFellBack.Add(1)
+	}
 	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
 		if from, to := h.ra.Observe(off, end-off, size); to > from {
 			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, h.stopped(sp))

@@ -34,6 +34,8 @@ type mountConfig struct {
 	API           string
 	Gateways      []string
 	MemoryCache   int64
+	CacheDir      string
+	CacheSize     int64
 	Readahead     int64
 	BatchFetch    bool
 	NoRequireSigs bool
@@ -59,13 +61,15 @@ Example:
 `
 
 func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
-	c := &mountConfig{MemoryCache: 64 << 20, Readahead: 8 << 20}
+	c := &mountConfig{MemoryCache: 64 << 20, CacheSize: 10 << 30, Readahead: 8 << 20}
 	fs := newFlagSet("mount", mountSynopsis, out)
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
+	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (verified blocks, and local copies of verified files for FUSE passthrough); none if empty")
+	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk cache may hold")
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
@@ -109,6 +113,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 
 const mountOptionsHelp = `Mount options (-o), as in fstab:
   substituter=URL, trusted-public-key=KEY, api=ADDR, gateway=URL, memory-cache=SIZE,
+  cache-dir=DIR, cache-size=SIZE,
   readahead=SIZE, block-timeout=DURATION, metrics=ADDR
                      the flags of the same name (substituter and trusted-public-key
                      may repeat; use ';' inside one value is not supported)
@@ -157,6 +162,14 @@ func (c *mountConfig) applyOptions(s string) error {
 		case "memory-cache":
 			if err = need(); err == nil {
 				c.MemoryCache, err = parseSize(val)
+			}
+		case "cache-dir":
+			if err = need(); err == nil {
+				c.CacheDir = val
+			}
+		case "cache-size":
+			if err = need(); err == nil {
+				c.CacheSize, err = parseSize(val)
 			}
 		case "readahead":
 			if err = need(); err == nil {
@@ -262,12 +275,18 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if readahead == 0 {
 		readahead = -1 // off
 	}
-	fsys := fusefs.New(fusefs.Config{
-		Resolver:  res,
-		Blocks:    mem,
-		Evict:     mem.Remove,
-		Readahead: readahead,
-		Batch:     batch,
+	var filesDir string
+	if c.CacheDir != "" {
+		filesDir = filepath.Join(c.CacheDir, "files")
+	}
+	fsys, err := fusefs.New(fusefs.Config{
+		FilesDir:   filesDir,
+		FilesQuota: c.CacheSize / 2,
+		Resolver:   res,
+		Blocks:     mem,
+		Evict:      mem.Remove,
+		Readahead:  readahead,
+		Batch:      batch,
 		Put: func(b blocks.Block) { // verified by FetchRange
 			fetched.Blocks.Add(1)
 			fetched.Bytes.Add(int64(len(b.RawData())))
