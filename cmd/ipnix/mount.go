@@ -294,6 +294,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		},
 		Log: log,
 	})
+	if err != nil {
+		return err
+	}
 	defer fsys.Close()
 	if c.Metrics != "" {
 		ln, err := net.Listen("tcp", c.Metrics)
