@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -71,6 +72,15 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		cmd = "mount"
 	} else if len(rest) > 0 {
 		cmd, rest = rest[0], rest[1:]
+	}
+	// IPNIX_CPUPROFILE=FILE writes a CPU profile of the whole run, for
+	// diagnosing slow publishes (a mount serves /debug/pprof instead).
+	if path := os.Getenv("IPNIX_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
