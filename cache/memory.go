@@ -100,10 +100,14 @@ func (m *Memory) add(key string, data []byte) {
 	m.bytes += size
 }
 
-// Put stores a block that arrived by another path (a batched fetch). The
-// caller vouches that it was verified.
+// Put stores a block that arrived by another path (a batched fetch), here
+// and in the layer below if that stores blocks too. The caller vouches that
+// it was verified.
 func (m *Memory) Put(b blocks.Block) {
 	m.add(string(b.Cid().Hash()), b.RawData())
+	if p, ok := m.src.(interface{ Put(blocks.Block) }); ok {
+		p.Put(b)
+	}
 }
 
 // Remove drops the block named by c, if held.

@@ -220,3 +220,46 @@ func TestStaleMountCleared(t *testing.T) {
 		t.Fatalf("reading through the new mount: %v", err)
 	}
 }
+
+// With --cache-dir, a remount serves what was read before from disk, even
+// with kubo gone; large files of verified paths go through passthrough.
+func TestDiskCacheAcrossRemount(t *testing.T) {
+	p := publishClosure(t)
+	cacheDir := t.TempDir()
+	lib := p.closure.path(t, "ipnix-test-lib")
+	args := []string{"--cache-dir", cacheDir, "--cache-size", "1GiB"}
+	m := p.mount(t, args...)
+	root := filepath.Join(m.dir, filepath.Base(lib))
+	if err := readTree(root); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.metric(t, "ipnix_store_paths_verified_total"); v != 1 {
+		t.Fatalf("verified %d", v)
+	}
+	// Verified: opening the 6 MB file again offers the kernel a local copy.
+	if _, err := os.ReadFile(filepath.Join(root, "share/big.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.metric(t, "ipnix_passthrough_opens_total"); n == 0 {
+		t.Error("no passthrough offered for a large file of a verified path")
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	p.kubo.Stop()
+
+	m2 := p.mount(t, args...)
+	var got string
+	withTimeout(t, 2*time.Minute, "nix hash path", func(context.Context) {
+		got = nixHashPath(t, filepath.Join(m2.dir, filepath.Base(lib)))
+	})
+	if want := p.narInfo(t, lib).NarHash.String(); got != want {
+		t.Fatalf("from the disk cache alone: %s, want %s", got, want)
+	}
+	if f := m2.metric(t, "ipnix_fetch_bytes_total"); f != 0 {
+		t.Fatalf("fetched %d bytes with everything on disk", f)
+	}
+	if h := m2.metric(t, "ipnix_disk_cache_hits_total"); h == 0 {
+		t.Fatal("no disk cache hits")
+	}
+}

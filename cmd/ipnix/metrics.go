@@ -19,6 +19,7 @@ import (
 type metrics struct {
 	fetched *fetch.Stats
 	mem     *cache.Memory
+	disk    *cache.Disk // nil without --cache-dir
 	fs      *fusefs.FS
 }
 
@@ -36,6 +37,13 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_memory_cache_misses_total", "Block requests that went below the memory cache.", "counter", m.mem.Stats.Misses.Load())
 	line("ipnix_memory_cache_evictions_total", "Blocks evicted from memory.", "counter", m.mem.Stats.Evictions.Load())
 	line("ipnix_memory_cache_bytes", "Bytes of blocks held in memory.", "gauge", m.mem.Bytes())
+	if d := m.disk; d != nil {
+		line("ipnix_disk_cache_hits_total", "Block requests answered from disk.", "counter", d.Stats.Hits.Load())
+		line("ipnix_disk_cache_misses_total", "Block requests that went below the disk cache.", "counter", d.Stats.Misses.Load())
+		line("ipnix_disk_cache_evictions_total", "Blocks evicted from disk.", "counter", d.Stats.Evictions.Load())
+		line("ipnix_disk_cache_corrupt_total", "Block files found torn or corrupted and fetched again.", "counter", d.Stats.Corrupt.Load())
+		line("ipnix_disk_cache_bytes", "Bytes of blocks on disk.", "gauge", d.Bytes())
+	}
 	if ps := m.fs.PrefetchStats(); ps != nil {
 		line("ipnix_readahead_blocks_total", "Blocks fetched ahead of sequential readers.", "counter", ps.Blocks.Load())
 		line("ipnix_readahead_dropped_total", "Read-ahead requests dropped because the queue was full.", "counter", ps.Dropped.Load())

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
 	"github.com/spf13/pflag"
 
 	"github.com/ipnix/ipnix/cache"
@@ -270,7 +271,22 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	sources = append(sources, fetch.Verify(kubo, &fetched))
 	names = append(names, kubo.String())
-	mem := cache.NewMemory(sources, c.MemoryCache)
+	var below fetch.BlockGetter = sources
+	var disk *cache.Disk
+	if c.CacheDir != "" {
+		// Blocks and local file copies share the quota half and half.
+		disk, err = cache.OpenDisk(c.CacheDir, c.CacheSize/2, sources)
+		if err != nil {
+			return usageError{fmt.Errorf("--cache-dir: %w", err)}
+		}
+		defer disk.Close()
+		below = disk
+	}
+	mem := cache.NewMemory(below, c.MemoryCache)
+	evict := mem.Remove
+	if disk != nil {
+		evict = func(c cid.Cid) { mem.Remove(c); disk.Remove(c) }
+	}
 	readahead := c.Readahead
 	if readahead == 0 {
 		readahead = -1 // off
@@ -284,7 +300,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		FilesQuota: c.CacheSize / 2,
 		Resolver:   res,
 		Blocks:     mem,
-		Evict:      mem.Remove,
+		Evict:      evict,
 		Readahead:  readahead,
 		Batch:      batch,
 		Put: func(b blocks.Block) { // verified by FetchRange
@@ -303,7 +319,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageError{fmt.Errorf("--metrics %q: %w", c.Metrics, err)}
 		}
-		stopMetrics := serveMetrics(ln, &metrics{fetched: &fetched, mem: mem, fs: fsys}, log)
+		stopMetrics := serveMetrics(ln, &metrics{fetched: &fetched, mem: mem, disk: disk, fs: fsys}, log)
 		defer stopMetrics()
 		fmt.Fprintf(stderr, "ipnix: metrics on http://%s/metrics\n", ln.Addr())
 	}
