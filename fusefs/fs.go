@@ -83,6 +83,8 @@ type FS struct {
 	paths map[string]*storePath // accepted store paths by basename
 	next  uint32                // last store-path index handed out
 
+	rootGen atomic.Uint32 // bumped when a store path is added
+
 	lookups singleflight.Group
 }
 

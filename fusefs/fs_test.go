@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -529,4 +530,69 @@ func TestPassthrough(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Directories are listed without OPENDIR (see noOpendir): a directory of
+// many entries, read in several READDIRPLUS requests, comes back whole and
+// in order, twice; the root's listing, cached by the kernel, still grows
+// as store paths are looked up.
+func TestListingsWithoutOpendir(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := fstest.MapFS{}
+	var want []string
+	for i := range 1500 {
+		name := fmt.Sprintf("f%05d-with-a-longish-name", i)
+		tree["many/"+name] = &fstest.MapFile{Data: []byte{byte(i)}, Mode: 0o444}
+		want = append(want, name)
+	}
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "many", nar, nar, ls)
+	rootNames := func() []string {
+		ents, err := os.ReadDir(e.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, d := range ents {
+			names = append(names, d.Name())
+		}
+		return names
+	}
+	if got := rootNames(); len(got) != 0 {
+		t.Fatalf("root lists %v before any lookup", got)
+	}
+	for range 2 {
+		ents, err := os.ReadDir(filepath.Join(e.dir, base, "many"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != len(want) {
+			t.Fatalf("listed %d entries, want %d", len(ents), len(want))
+		}
+		for i, d := range ents {
+			if d.Name() != want[i] {
+				t.Fatalf("entry %d is %q, want %q", i, d.Name(), want[i])
+			}
+		}
+	}
+	// The kernel's cached listing is dropped asynchronously.
+	waitRoot := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for got := rootNames(); !slices.Equal(got, want); got = rootNames() {
+			if time.Now().After(deadline) {
+				t.Fatalf("root lists %v, want %v: the kernel's cached listing was not dropped", got, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitRoot(base)
+	nar2, ls2 := makeNar(t, testTree())
+	base2 := e.add(t, "pkg", nar2, nar2, ls2)
+	if _, err := os.Stat(filepath.Join(e.dir, base2)); err != nil {
+		t.Fatal(err)
+	}
+	want2 := []string{base, base2}
+	slices.Sort(want2)
+	waitRoot(want2...)
 }

@@ -67,8 +67,14 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 			Debug:       o.Debug,
 		},
 	}
-	srv, err := fs.Mount(dir, f.Root(), opts)
+	raw := &noOpendir{fs.NewNodeFS(f.Root(), opts)}
+	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
+		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		srv.Unmount()
 		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
 	}
 	return srv, nil

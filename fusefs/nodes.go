@@ -85,7 +85,10 @@ func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o555
 	out.Nlink = 2
-	out.Mtime, out.Atime, out.Ctime = 1, 1, 1
+	// The root changes as store paths are added; its mtime moving on is
+	// what makes the kernel drop its cached listing (see storePath).
+	t := 1 + uint64(r.fsys.rootGen.Load())
+	out.Mtime, out.Atime, out.Ctime = t, t, t
 	out.Blksize = preferredIOSize
 	return 0
 }

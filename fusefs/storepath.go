@@ -103,6 +103,12 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 		f.next++
 		sp.index = f.next
 		f.paths[base] = sp
+		// The kernel keeps the root's listing (directories are cached
+		// without asking, see noOpendir). A new root mtime, fetched again
+		// once the notification has dropped the root's attributes, makes
+		// it list the newcomer.
+		f.rootGen.Add(1)
+		go f.root.NotifyContent(0, 0)
 		return sp, nil
 	})
 	if err != nil {
