@@ -44,9 +44,9 @@ type Config struct {
 	// verified blocks go to Put (normally the memory cache).
 	Batch fetch.RangeSource
 	Put   func(blocks.Block)
-	// FilesDir, when set, holds local copies of files of verified store
-	// paths for FUSE passthrough, up to FilesQuota bytes. It is cleared at
-	// start.
+	// FilesDir, when set, holds local copies of the larger files of
+	// verified store paths for FUSE passthrough, up to FilesQuota bytes;
+	// they are kept across restarts (see passthrough.go).
 	FilesDir   string
 	FilesQuota int64
 	Log        *slog.Logger
@@ -65,6 +65,8 @@ type Stats struct {
 	Lookups             atomic.Int64 // store paths resolved and shown
 	LookupsRefused      atomic.Int64 // store-path lookups answered ENOENT or EIO
 	Verified            atomic.Int64 // store paths whose whole NAR matched NarHash
+	LocalCopies         atomic.Int64 // store paths whose larger files were copied for passthrough
+	LocalListings       atomic.Int64 // store paths served from the listing saved with local copies
 	Passthrough         atomic.Int64 // opens offered a local copy for passthrough
 	PassthroughFellBack atomic.Int64 // reads that reached us on a handle with a local copy
 	Quarantined         atomic.Int64 // store paths whose NAR did not
@@ -106,7 +108,7 @@ func New(cfg Config) (*FS, error) {
 	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath)}
 	f.root = &rootNode{fsys: f}
 	if cfg.FilesDir != "" {
-		fl, err := newFiles(cfg.FilesDir, cfg.FilesQuota)
+		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log)
 		if err != nil {
 			return nil, err
 		}
@@ -121,10 +123,14 @@ func New(cfg Config) (*FS, error) {
 	return f, nil
 }
 
-// Close stops background work (read-ahead). Call it after unmounting.
+// Close stops background work (read-ahead; local copies being written get
+// a few seconds to finish). Call it after unmounting.
 func (f *FS) Close() {
 	if f.prefetch != nil {
 		f.prefetch.Close()
+	}
+	if f.files != nil {
+		f.files.close()
 	}
 }
 

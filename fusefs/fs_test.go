@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -505,6 +506,9 @@ func TestPassthrough(t *testing.T) {
 			if e.fsys.Stats.Verified.Load() != 1 {
 				t.Fatal("not verified")
 			}
+			if quota > 1 {
+				waitFor(t, "local copies", func() bool { return e.fsys.Stats.LocalCopies.Load() == 1 })
+			}
 			// Drop the pages the first reads left, so that reads must go
 			// somewhere: to the local copy, or back to this process.
 			dropped := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) == nil
@@ -595,4 +599,119 @@ func TestListingsWithoutOpendir(t *testing.T) {
 	want2 := []string{base, base2}
 	slices.Sort(want2)
 	waitRoot(want2...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Local copies outlive the process that wrote them: a new mount over the
+// same files directory serves the saved listing and hands the kernel the
+// copies without fetching the file's blocks. A copy found damaged is
+// dropped and the file is read the normal way.
+func TestLocalCopiesSurviveRestart(t *testing.T) {
+	filesDir := filepath.Join(t.TempDir(), "files")
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	bigSize := int64(len(tree["share/big"].Data))
+
+	e1 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
+	base := e1.add(t, "pkg", nar, nar, ls)
+	for name, f := range tree {
+		if f.Mode.IsRegular() {
+			if _, err := os.ReadFile(filepath.Join(e1.dir, base, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, "local copies", func() bool { return e1.fsys.Stats.LocalCopies.Load() == 1 })
+	if err := os.Mkdir(filepath.Join(filesDir, ".tmp-left-by-a-crash"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	// No listing from the substituter: without the saved one, the NAR's
+	// headers would have to be fetched.
+	e2 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
+	e2.add(t, "pkg", nar, nar, nil)
+	if _, err := os.Stat(filepath.Join(filesDir, ".tmp-left-by-a-crash")); !os.IsNotExist(err) {
+		t.Errorf("unfinished copy not removed at start: %v", err)
+	}
+	got, err := os.ReadFile(filepath.Join(e2.dir, base, "share/big"))
+	if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
+		t.Fatalf("read after restart: %v", err)
+	}
+	st := &e2.fsys.Stats
+	t.Logf("after restart: saved listing used %d, passthrough %d, fell back %d, fetched %d bytes",
+		st.LocalListings.Load(), st.Passthrough.Load(), st.PassthroughFellBack.Load(), e2.stats.Bytes.Load())
+	if st.LocalListings.Load() != 1 || st.Passthrough.Load() == 0 {
+		t.Fatal("the copies written before the restart were not used")
+	}
+	if st.PassthroughFellBack.Load() != 0 || e2.stats.Bytes.Load() >= bigSize/10 {
+		t.Fatal("reads of a passed-through file reached ipnix")
+	}
+
+	// Damage: one copy cut short.
+	copies, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*"))
+	if len(copies) == 0 {
+		t.Fatal("no copies found")
+	}
+	for _, c := range copies {
+		if err := os.Truncate(c, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e3 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
+	e3.add(t, "pkg", nar, nar, ls)
+	got, err = os.ReadFile(filepath.Join(e3.dir, base, "share/big"))
+	if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
+		t.Fatalf("read with a damaged copy: %v", err)
+	}
+	if e3.fsys.Stats.Passthrough.Load() != 0 {
+		t.Fatal("a damaged copy was offered for passthrough")
+	}
+	if left, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*")); len(left) != 0 {
+		t.Fatalf("damaged copies kept: %v", left)
+	}
+}
+
+// The files directory is trimmed to its quota at start, oldest first.
+func TestLocalCopiesQuotaAtStart(t *testing.T) {
+	dir := t.TempDir()
+	var names []string
+	for i := range 3 {
+		name := narindex.EncodeNix32(bytes.Repeat([]byte{byte(i + 1)}, 32))
+		names = append(names, name)
+		p := filepath.Join(dir, name)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "0"), make([]byte, 100), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		when := time.Unix(int64(1000+i), 0)
+		os.Chtimes(p, when, when)
+	}
+	fl, err := openFiles(dir, 250, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.close()
+	if _, err := os.Stat(filepath.Join(dir, names[0])); !os.IsNotExist(err) {
+		t.Error("the least recently used copies were kept over quota")
+	}
+	for _, n := range names[1:] {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("copies %s removed under quota: %v", n, err)
+		}
+	}
+	if fl.used != 200 {
+		t.Errorf("used %d bytes, want 200", fl.used)
+	}
 }

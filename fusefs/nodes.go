@@ -214,8 +214,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, h.stopped(f.sp))
 		}
 	}
-	if fsys.files != nil && f.sp.state.Load() == verified && f.ln.Size >= passthroughMin {
-		fd, err := fsys.files.open(ctx, f.sp, f.ln, f.ordinal)
+	if fsys.files != nil && f.ln.Size >= passthroughMin && (f.sp.copies || f.sp.state.Load() == verified) {
+		fd, err := fsys.files.open(narindex.EncodeNix32(f.sp.info.NarHash.Digest), f.ln)
 		if err != nil {
 			fsys.log.Debug("no passthrough", "path", f.sp.base, "err", err)
 		} else {

@@ -2,91 +2,354 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/ipnix/ipnix/narindex"
 )
 
-// Passthrough: once a store path's NAR has been verified in this process,
-// an open of one of its larger files may be served by the kernel straight
-// from a local copy (FUSE passthrough, Linux 6.9+, root), with no request
-// reaching this process per read. The copy is written from verified blocks
-// into FilesDir; copies left by earlier processes are not trusted and are
-// removed at start. Where the kernel or the files directory does not allow
-// it, reads fall back to the normal path.
+// Passthrough: once a store path's NAR has matched its NarHash, its larger
+// files are copied, in the background, into FilesDir. An open of such a
+// file hands the kernel the copy (FUSE passthrough, Linux 6.9+, root), and
+// no request reaches this process per read. Where the kernel or the files
+// directory does not allow it, reads take the normal path.
+//
+// Layout, one directory per verified NAR, named by its NarHash:
+//
+//	FILES/<nix32 sha256 of the NAR>/listing     the NAR's listing, as Nix writes .ls
+//	FILES/<nix32 sha256 of the NAR>/<narOffset> the regular file at that offset
+//	FILES/.tmp-*                                 being written; removed at start
+//
+// A directory appears by one rename once every copy in it and the listing
+// are written and synced, so a directory that exists is complete. Its
+// contents came from blocks that matched their CIDs and were then checked
+// as a whole against the signed NarHash; like a Nix store, the copies are
+// trusted from then on, across restarts, for any accepted narinfo with the
+// same NarHash. The listing saved beside them is the one parsed from the
+// verified NAR itself, and is served instead of a substituter's. Whole
+// directories are evicted, least recently used first, to stay under quota.
 
 // passthroughMin is the smallest file worth a local copy.
 const passthroughMin = 256 << 10
 
-// files manages the local copies of verified files.
+// copyGrace bounds how long closing the filesystem waits for copies being
+// written; what is unfinished then is abandoned.
+const copyGrace = 10 * time.Second
+
+// files manages the directories of local copies.
 type files struct {
 	dir   string
 	quota int64
+	log   *slog.Logger
 
-	used atomic.Int64
+	ctx    context.Context // cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	mu   sync.Mutex
-	done map[string]bool // copies written by this process
+	lru  *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
+	used int64
+	busy map[string]bool // being written
 }
 
-func newFiles(dir string, quota int64) (*files, error) {
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("clearing %s: %w", dir, err)
-	}
+// openFiles opens (creating it if needed) the copies directory, removes
+// unfinished work and trims it to quota.
+func openFiles(dir string, quota int64, log *slog.Logger) (*files, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &files{dir: dir, quota: quota, done: map[string]bool{}}, nil
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	lru, _ := simplelru.NewLRU[string, int64](math.MaxInt, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	fl := &files{dir: dir, quota: quota, log: log, ctx: ctx, cancel: cancel, lru: lru, busy: map[string]bool{}}
+	type found struct {
+		name string
+		size int64
+		used time.Time
+	}
+	var all []found
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if !e.IsDir() || !isNix32Hash(e.Name()) {
+			// Unfinished copies and anything else not ours to keep.
+			if err := os.RemoveAll(p); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		size, err := dirSize(p)
+		fi, serr := os.Stat(p)
+		if err != nil || serr != nil {
+			os.RemoveAll(p)
+			continue
+		}
+		all = append(all, found{e.Name(), size, fi.ModTime()})
+	}
+	// Oldest first, so the LRU order survives the restart.
+	slices.SortFunc(all, func(a, b found) int { return a.used.Compare(b.used) })
+	for _, f := range all {
+		fl.lru.Add(f.name, f.size)
+		fl.used += f.size
+	}
+	fl.mu.Lock()
+	fl.evictLocked(0)
+	fl.mu.Unlock()
+	return fl, nil
 }
 
-// open returns a read-only descriptor of the local copy of file ln of sp,
-// writing the copy first when this process has not.
-func (fl *files) open(ctx context.Context, sp *storePath, ln *narindex.ListingNode, ordinal uint32) (int, error) {
-	p := filepath.Join(fl.dir, narindex.EncodeNix32(sp.info.NarHash.Digest), strconv.FormatUint(uint64(ordinal), 10))
+func isNix32Hash(s string) bool {
+	_, err := narindex.DecodeNix32(s)
+	return err == nil && len(s) == 52
+}
+
+func dirSize(p string) (int64, error) {
+	ents, err := os.ReadDir(p)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			return 0, err
+		}
+		n += fi.Size()
+	}
+	return n, nil
+}
+
+// evictLocked removes least recently used directories until need more
+// bytes fit under the quota.
+func (fl *files) evictLocked(need int64) {
+	for fl.used+need > fl.quota {
+		name, size, ok := fl.lru.RemoveOldest()
+		if !ok {
+			return
+		}
+		fl.used -= size
+		// Open descriptors of removed copies stay valid.
+		if err := os.RemoveAll(filepath.Join(fl.dir, name)); err != nil {
+			fl.log.Warn("removing local copies", "dir", name, "err", err)
+		}
+	}
+}
+
+// listing returns the verified listing saved with the copies of the NAR
+// whose hash is nh, marking them used; ok is false when there are none.
+func (fl *files) listing(nh string) (l *narindex.Listing, ok bool) {
 	fl.mu.Lock()
-	ok := fl.done[p]
+	_, ok = fl.lru.Get(nh)
 	fl.mu.Unlock()
 	if !ok {
-		if fl.used.Add(ln.Size) > fl.quota {
-			fl.used.Add(-ln.Size)
-			return -1, fmt.Errorf("local copies at their quota of %d bytes", fl.quota)
-		}
-		if err := fl.write(ctx, sp, ln, p); err != nil {
-			fl.used.Add(-ln.Size)
-			return -1, err
-		}
-		fl.mu.Lock()
-		fl.done[p] = true
-		fl.mu.Unlock()
+		return nil, false
 	}
-	return syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	p := filepath.Join(fl.dir, nh)
+	data, err := os.ReadFile(filepath.Join(p, "listing"))
+	if err == nil {
+		l, err = narindex.ParseListing(data)
+	}
+	if err != nil {
+		fl.log.Warn("dropping unreadable local copies", "dir", p, "err", err)
+		fl.drop(nh)
+		return nil, false
+	}
+	now := time.Now()
+	os.Chtimes(p, now, now) // the LRU order for the next start
+	return l, true
 }
 
-func (fl *files) write(ctx context.Context, sp *storePath, ln *narindex.ListingNode, p string) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
+// open returns a read-only descriptor of the local copy of regular file ln
+// of the NAR whose hash is nh.
+func (fl *files) open(nh string, ln *narindex.ListingNode) (int, error) {
+	p := filepath.Join(fl.dir, nh, strconv.FormatInt(ln.NarOffset, 10))
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil || st.Size != ln.Size {
+		syscall.Close(fd)
+		fl.log.Warn("dropping local copies: a copy has the wrong size", "file", p, "size", st.Size, "want", ln.Size)
+		fl.drop(nh)
+		return -1, fmt.Errorf("local copy %s is %d bytes, want %d", p, st.Size, ln.Size)
+	}
+	return fd, nil
+}
+
+// drop removes the copies of one NAR.
+func (fl *files) drop(nh string) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if size, ok := fl.lru.Peek(nh); ok {
+		fl.lru.Remove(nh)
+		fl.used -= size
+	}
+	os.RemoveAll(filepath.Join(fl.dir, nh))
+}
+
+// copyable lists the files of sp worth a local copy and their total size.
+func copyable(sp *storePath) ([]*narindex.ListingNode, int64) {
+	var out []*narindex.ListingNode
+	var total int64
+	var walk func(n *narindex.ListingNode)
+	walk = func(n *narindex.ListingNode) {
+		if n.Type == narindex.TypeRegular && n.Size >= passthroughMin {
+			out = append(out, n)
+			total += n.Size
+		}
+		for _, c := range n.Entries {
+			walk(c)
+		}
+	}
+	walk(sp.listing.Root)
+	return out, total
+}
+
+// materialize starts writing the copies of verified store path sp, unless
+// they exist, are being written, or do not fit.
+func (fl *files) materialize(sp *storePath) {
+	todo, total := copyable(sp)
+	if len(todo) == 0 || total > fl.quota {
+		return
+	}
+	nh := narindex.EncodeNix32(sp.info.NarHash.Digest)
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.lru.Contains(nh) || fl.busy[nh] || fl.ctx.Err() != nil {
+		return
+	}
+	fl.busy[nh] = true
+	fl.wg.Go(func() {
+		start := time.Now()
+		err := fl.write(sp, nh, todo, total)
+		fl.mu.Lock()
+		delete(fl.busy, nh)
+		fl.mu.Unlock()
+		if err != nil {
+			fl.log.Warn("no local copies for passthrough", "path", sp.base, "err", err)
+			return
+		}
+		sp.fs.Stats.LocalCopies.Add(1)
+		fl.log.Debug("local copies written", "path", sp.base, "files", len(todo), "bytes", total, "took", time.Since(start))
+	})
+}
+
+func (fl *files) write(sp *storePath, nh string, todo []*narindex.ListingNode, total int64) error {
+	tmp, err := os.MkdirTemp(fl.dir, ".tmp-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	r := io.NewSectionReader(ctxReaderAt{ctx, sp.nar}, ln.NarOffset, ln.Size)
-	if n, err := io.Copy(tmp, r); err != nil || n != ln.Size {
-		return fmt.Errorf("copying %d bytes: %d, %v", ln.Size, n, err)
+	defer os.RemoveAll(tmp)
+	buf := make([]byte, 1<<20)
+	for _, ln := range todo {
+		if err := fl.copyFile(sp, ln, filepath.Join(tmp, strconv.FormatInt(ln.NarOffset, 10)), buf); err != nil {
+			return err
+		}
 	}
-	if err := tmp.Chmod(0o400); err != nil {
+	data, err := sp.listing.Marshal()
+	if err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
+	if err := writeSynced(filepath.Join(tmp, "listing"), data); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), p)
+	if err := syncDir(tmp); err != nil {
+		return err
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.ctx.Err() != nil {
+		return context.Canceled
+	}
+	size, err := dirSize(tmp)
+	if err != nil {
+		return err
+	}
+	fl.evictLocked(size)
+	if err := os.Rename(tmp, filepath.Join(fl.dir, nh)); err != nil {
+		return err
+	}
+	fl.lru.Add(nh, size)
+	fl.used += size
+	return syncDir(fl.dir)
+}
+
+func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for off := int64(0); off < ln.Size; {
+		n := min(int64(len(buf)), ln.Size-off)
+		m, err := sp.nar.ReadAt(fl.ctx, buf[:n], ln.NarOffset+off)
+		if int64(m) < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("copying %d bytes at NAR offset %d: %w", ln.Size, ln.NarOffset, err)
+		}
+		if _, err := f.Write(buf[:n]); err != nil {
+			return err
+		}
+		off += n
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func writeSynced(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(p string) error {
+	d, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// close waits up to copyGrace for copies being written, then abandons them.
+func (fl *files) close() {
+	done := make(chan struct{})
+	go func() { fl.wg.Wait(); close(done) }()
+	t := time.NewTimer(copyGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		fl.log.Warn("abandoning local copies still being written", "after", copyGrace)
+	}
+	fl.cancel()
+	fl.wg.Wait()
 }

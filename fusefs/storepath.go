@@ -47,6 +47,11 @@ type storePath struct {
 	// -r, nix hash path, find -exec cat) and reads ahead across files.
 	narRA *fetch.Readahead
 
+	// copies is set when the files directory holds local copies of this
+	// NAR's larger files, written after an earlier verification, and the
+	// listing is the one saved with them.
+	copies bool
+
 	state atomic.Int32
 
 	mu        sync.Mutex
@@ -140,7 +145,16 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
 	}
-	if res.ListingData != nil {
+	if f.files != nil {
+		// Local copies of a verified NAR come with its own listing.
+		if l, ok := f.files.listing(narindex.EncodeNix32(info.NarHash.Digest)); ok {
+			if err := l.Validate(int64(info.NarSize)); err == nil {
+				sp.listing, sp.copies = l, true
+				f.Stats.LocalListings.Add(1)
+			}
+		}
+	}
+	if sp.listing == nil && res.ListingData != nil {
 		l, err := narindex.ParseListing(res.ListingData)
 		if err == nil {
 			err = l.Validate(int64(info.NarSize))
@@ -254,6 +268,9 @@ func (sp *storePath) verify(ctx context.Context) error {
 	}
 	sp.state.Store(verified)
 	sp.fs.Stats.Verified.Add(1)
+	if sp.fs.files != nil && !sp.copies {
+		sp.fs.files.materialize(sp)
+	}
 	sp.fs.log.Debug("NAR verified", "path", sp.base, "cid", sp.cid, "bytes", sp.nar.Size())
 	// Coverage is no longer needed.
 	sp.mu.Lock()
@@ -338,6 +355,9 @@ func (sp *storePath) quarantine(reason error) {
 		for _, c := range sp.nar.KnownBlocks() {
 			sp.fs.cfg.Evict(c)
 		}
+	}
+	if sp.fs.files != nil {
+		sp.fs.files.drop(narindex.EncodeNix32(sp.info.NarHash.Digest))
 	}
 	sp.fs.flushKernelCache(sp.base)
 }
