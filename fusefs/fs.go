@@ -87,6 +87,13 @@ type FS struct {
 
 	rootGen atomic.Uint32 // bumped when a store path is added
 
+	// opens is whether OPEN is worth a round trip: only to hand the kernel
+	// a local copy for passthrough. Otherwise the first OPEN is answered
+	// ENOSYS and the kernel opens files without asking from then on
+	// (keeping their pages cached), which halves the round trips of a
+	// walk over many small files. Set by Mount.
+	opens atomic.Bool
+
 	lookups singleflight.Group
 }
 

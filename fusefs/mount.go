@@ -20,6 +20,9 @@ type MountOptions struct {
 	Options    []string // further mount(8) options passed to the kernel, e.g. "default_permissions"
 	FsName     string   // first field of /proc/mounts; default "ipnix"
 	Debug      bool     // log every FUSE request
+	// NoPassthrough serves every read from this process even where local
+	// copies could be handed to the kernel, and so skips OPEN round trips.
+	NoPassthrough bool
 }
 
 // maxRequest is the largest read the kernel may send in one request, and
@@ -77,6 +80,10 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 		srv.Unmount()
 		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
 	}
+	// Backing files for passthrough need a kernel that offers it and
+	// CAP_SYS_ADMIN.
+	f.opens.Store(f.files != nil && !o.NoPassthrough && os.Geteuid() == 0 &&
+		srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0)
 	return srv, nil
 }
 

@@ -36,6 +36,9 @@ type dirNode struct{ entryNode }
 type fileNode struct {
 	entryNode
 	prefetched atomic.Bool // a small file is fetched whole on its first open only
+	// ra is the read-ahead state of reads that come without an open
+	// handle (see FS.opens).
+	ra atomic.Pointer[fetch.Readahead]
 }
 type symlinkNode struct{ entryNode }
 
@@ -202,17 +205,18 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	fsys := f.sp.fs
+	if !fsys.opens.Load() {
+		// Nothing to hand over: the kernel stops asking (see FS.opens).
+		return nil, 0, syscall.ENOSYS
+	}
 	if f.sp.state.Load() == quarantined {
 		return nil, 0, syscall.EIO
 	}
-	fsys := f.sp.fs
 	h := &fileHandle{fd: -1, fsys: fsys}
 	if fsys.prefetch != nil {
 		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
-		// Later opens find the pages in the kernel's cache (FOPEN_KEEP_CACHE).
-		if size := f.ln.Size; size > 0 && size <= smallFileBytes && !f.prefetched.Swap(true) {
-			fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, h.stopped(f.sp))
-		}
+		f.prefetchSmall(h.stopped(f.sp))
 	}
 	if fsys.files != nil && f.ln.Size >= passthroughMin && (f.sp.copies || f.sp.state.Load() == verified) {
 		fd, err := fsys.files.open(narindex.EncodeNix32(f.sp.info.NarHash.Digest), f.ln)
@@ -223,6 +227,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// prefetchSmall fetches a small file whole, once: later reads find the
+// pages in the kernel's cache (FOPEN_KEEP_CACHE).
+func (f *fileNode) prefetchSmall(stop func() bool) {
+	if size := f.ln.Size; size > 0 && size <= smallFileBytes && !f.prefetched.Swap(true) {
+		f.sp.fs.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+size, stop)
+	}
 }
 
 // fileHandle is one open file: its read-ahead state and, for passthrough,
@@ -274,9 +286,10 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if h, ok := fh.(*fileHandle); ok && h.fd >= 0 {
 		sp.fs.Stats.PassthroughFellBack.Add(1)
 	}
-	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
-		if from, to := h.ra.Observe(off, end-off, size); to > from {
-			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, h.stopped(sp))
+	if sp.fs.prefetch != nil {
+		ra, stop := f.readahead(fh)
+		if from, to := ra.Observe(off, end-off, size); to > from {
+			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, stop)
 		}
 		if from, to := sp.narRA.Observe(f.ln.NarOffset+off, end-off, sp.nar.Size()); to > from {
 			sp.fs.prefetch.Prefetch(sp.nar, from, to, sp.quarantined)
@@ -289,11 +302,26 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if sp.noteRead(f.ln, off, end) {
 		// The last unread bytes of the store path: check the whole NAR
 		// before serving them.
-		if err := sp.verify(ctx); err != nil {
+		if err := sp.verify(ctx, &f.Inode); err != nil {
 			return nil, sp.fs.readErrno(sp, err)
 		}
 	}
 	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// readahead returns the read-ahead state for a read on fh: the handle's,
+// or, for reads without one, the file's own, shared by its readers.
+func (f *fileNode) readahead(fh fs.FileHandle) (*fetch.Readahead, func() bool) {
+	if h, ok := fh.(*fileHandle); ok && h.ra != nil {
+		return h.ra, h.stopped(f.sp)
+	}
+	ra := f.ra.Load()
+	if ra == nil {
+		f.prefetchSmall(f.sp.quarantined)
+		f.ra.CompareAndSwap(nil, fetch.NewReadahead(f.sp.fs.cfg.Readahead))
+		ra = f.ra.Load()
+	}
+	return ra, f.sp.quarantined
 }
 
 func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
@@ -308,22 +336,22 @@ func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
 	return e
 }
 
-// flushKernelCache asks the kernel to drop cached pages of every file of
-// the store path it knows. Notifications must not be sent from inside an
-// operation's handler, so this runs on its own goroutine.
-func (f *FS) flushKernelCache(base string) {
-	go func() {
-		var walk func(in *fs.Inode)
-		walk = func(in *fs.Inode) {
-			if in.Mode()&syscall.S_IFMT == syscall.S_IFREG {
-				in.NotifyContent(0, 0)
-			}
-			for _, c := range in.Children() {
-				walk(c)
-			}
+// flushKernelCache makes the kernel drop the cached pages of every file of
+// the store path it knows, before returning: with opens not asked for (see
+// FS.opens), cached pages are all that would still be served. The file
+// being read, if any, is skipped: the kernel holds its pages locked until
+// this read is answered (with EIO, so they stay empty).
+func (f *FS) flushKernelCache(base string, skip *fs.Inode) {
+	var walk func(in *fs.Inode)
+	walk = func(in *fs.Inode) {
+		if in.Mode()&syscall.S_IFMT == syscall.S_IFREG && in != skip {
+			in.NotifyContent(0, 0)
 		}
-		if in := f.root.GetChild(base); in != nil {
-			walk(in)
+		for _, c := range in.Children() {
+			walk(c)
 		}
-	}()
+	}
+	if in := f.root.GetChild(base); in != nil {
+		walk(in)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/fetch"
@@ -66,6 +67,7 @@ type storePath struct {
 	// order is checked without a second pass.
 	hmu      sync.Mutex
 	hasher   hash.Hash
+	parser   *narStream // started with the first byte hashed
 	hashedTo int64
 	hashing  bool
 }
@@ -77,7 +79,17 @@ func (sp *storePath) onLeaf(start int64, data []byte) {
 	if !sp.hashing || start != sp.hashedTo {
 		return
 	}
+	sp.feed(data)
+}
+
+// feed hashes and parses the next bytes of the NAR; data must not change
+// afterwards. Callers hold hmu or own the hasher.
+func (sp *storePath) feed(data []byte) {
+	if sp.parser == nil {
+		sp.parser = newNarStream()
+	}
 	sp.hasher.Write(data)
+	sp.parser.write(data)
 	sp.hashedTo += int64(len(data))
 }
 
@@ -180,7 +192,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	}
 	if int64(info.NarSize) <= f.cfg.EagerVerifyBytes {
 		// A quarantined path is kept, so that it stays quarantined.
-		if err := sp.verify(ctx); err != nil && sp.state.Load() != quarantined {
+		if err := sp.verify(ctx, nil); err != nil && sp.state.Load() != quarantined {
 			return nil, err
 		}
 	}
@@ -249,22 +261,35 @@ func (sp *storePath) noteRead(n *narindex.ListingNode, off, end int64) bool {
 // verify streams the whole NAR, hashes it and parses it against the
 // listing. A mismatch quarantines the store path and is returned as an
 // error; a failure to fetch is returned and may be retried later.
-func (sp *storePath) verify(ctx context.Context) error {
+// reading is the inode whose read brought the last bytes, or nil.
+func (sp *storePath) verify(ctx context.Context, reading *fs.Inode) error {
+	quarantined, err := sp.verifyLocked(ctx)
+	if quarantined {
+		// Outside verifyMu: readers of other files waiting for it hold
+		// their pages locked, and the flush waits for those locks.
+		sp.fs.flushKernelCache(sp.base, reading)
+	}
+	return err
+}
+
+// verifyLocked does verify's work under verifyMu and reports whether this
+// call quarantined the store path.
+func (sp *storePath) verifyLocked(ctx context.Context) (bool, error) {
 	sp.verifyMu.Lock()
 	defer sp.verifyMu.Unlock()
 	switch sp.state.Load() {
 	case verified:
-		return nil
+		return false, nil
 	case quarantined:
-		return errQuarantined
+		return false, errQuarantined
 	}
 	bad, err := sp.check(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if bad != nil {
 		sp.quarantine(bad)
-		return errQuarantined
+		return true, errQuarantined
 	}
 	sp.state.Store(verified)
 	sp.fs.Stats.Verified.Add(1)
@@ -276,47 +301,38 @@ func (sp *storePath) verify(ctx context.Context) error {
 	sp.mu.Lock()
 	sp.covered = nil
 	sp.mu.Unlock()
-	return nil
+	return false, nil
 }
 
 var errQuarantined = errors.New("store path is quarantined: its NAR does not match the signed NarHash")
 
 // check returns a non-nil bad when the NAR is not what the narinfo and the
-// listing promised, and err when it could not be read. The hash picks up
-// where streaming left it; the structure is checked by parsing the NAR's
-// headers (blocks the readers mostly fetched already) into a listing that
-// must equal the one served.
+// listing promised, and err when it could not be read. Hashing and parsing
+// pick up where streaming left them; the listing parsed from the NAR must
+// equal the one served.
 func (sp *storePath) check(ctx context.Context) (bad, err error) {
 	size := sp.nar.Size()
 	sp.hmu.Lock()
 	sp.hashing = false // from here on this goroutine owns the hasher
-	h, off := sp.hasher, sp.hashedTo
 	sp.hmu.Unlock()
-	buf := make([]byte, 1<<20)
-	for off < size {
-		n, err := sp.nar.ReadAt(ctx, buf[:min(int64(len(buf)), size-off)], off)
-		h.Write(buf[:n])
-		off += int64(n)
+	for sp.hashedTo < size {
+		buf := make([]byte, min(1<<20, size-sp.hashedTo)) // handed to the parser
+		n, err := sp.nar.ReadAt(ctx, buf, sp.hashedTo)
+		sp.feed(buf[:n])
 		if err != nil && err != io.EOF {
-			sp.hmu.Lock()
-			sp.hashedTo = off // keep the progress for the next try
-			sp.hmu.Unlock()
-			return nil, err
+			return nil, err // the progress is kept for the next try
 		}
 	}
-	sp.hmu.Lock()
-	sp.hashedTo = off
-	sp.hmu.Unlock()
 	want := sp.info.NarHash
-	if got := h.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
+	if got := sp.hasher.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
 		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), want), nil
 	}
-	l, err := narindex.ListingFromNar(newSeekBuffer(ctxReaderAt{ctx, sp.nar}, size))
+	if sp.parser == nil { // an empty NAR cannot be valid
+		sp.parser = newNarStream()
+	}
+	l, err := sp.parser.finish()
 	if err != nil {
-		if errors.Is(err, narindex.ErrMalformedNAR) {
-			return err, nil
-		}
-		return nil, err
+		return err, nil // the bytes that match NarHash do not parse
 	}
 	if p := listingDiff(l.Root, sp.listing.Root, ""); p != "" {
 		return fmt.Errorf("NAR entry %q differs from the listing that was served", p), nil
@@ -359,7 +375,6 @@ func (sp *storePath) quarantine(reason error) {
 	if sp.fs.files != nil {
 		sp.fs.files.drop(narindex.EncodeNix32(sp.info.NarHash.Digest))
 	}
-	sp.fs.flushKernelCache(sp.base)
 }
 
 // ctxReaderAt gives a fetch.File the io.ReaderAt shape with a fixed context.

@@ -39,6 +39,7 @@ type mountConfig struct {
 	CacheSize     int64
 	Readahead     int64
 	BatchFetch    bool
+	NoPassthrough bool
 	NoRequireSigs bool
 	BlockTimeout  time.Duration
 	Metrics       string
@@ -72,6 +73,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (verified blocks, and local copies of verified files for FUSE passthrough); none if empty")
 	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk cache may hold")
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
+	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.DurationVar(&c.BlockTimeout, "block-timeout", fetch.DefaultBlockTimeout, "longest wait for one block before the read fails with EIO")
@@ -186,6 +188,8 @@ func (c *mountConfig) applyOptions(s string) error {
 			}
 		case "batch-fetch":
 			c.BatchFetch = true
+		case "no-passthrough":
+			c.NoPassthrough = true
 		case "no-require-sigs":
 			c.NoRequireSigs = true
 		case "require-sigs":
@@ -324,9 +328,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stderr, "ipnix: metrics on http://%s/metrics\n", ln.Addr())
 	}
 	srv, err := fusefs.Mount(c.MountPoint, fsys, fusefs.MountOptions{
-		AllowOther: c.AllowOther,
-		Options:    c.KernelOptions,
-		Debug:      c.Debug,
+		AllowOther:    c.AllowOther,
+		Options:       c.KernelOptions,
+		Debug:         c.Debug,
+		NoPassthrough: c.NoPassthrough,
 	})
 	if err != nil {
 		return codedError{exitMount, err}
