@@ -236,7 +236,15 @@ func TestDiskCacheAcrossRemount(t *testing.T) {
 	if v := m.metric(t, "ipnix_store_paths_verified_total"); v != 1 {
 		t.Fatalf("verified %d", v)
 	}
-	// Verified: opening the 6 MB file again offers the kernel a local copy.
+	// Verified: its large files are copied into the cache directory, and
+	// opening the 6 MB file again offers the kernel the copy.
+	deadline := time.Now().Add(time.Minute)
+	for m.metric(t, "ipnix_local_copies_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no local copies written for a verified path")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if _, err := os.ReadFile(filepath.Join(root, "share/big.bin")); err != nil {
 		t.Fatal(err)
 	}
@@ -261,5 +269,13 @@ func TestDiskCacheAcrossRemount(t *testing.T) {
 	}
 	if h := m2.metric(t, "ipnix_disk_cache_hits_total"); h == 0 {
 		t.Fatal("no disk cache hits")
+	}
+	// The copies outlive the first mount: the remount serves their saved
+	// listing and hands the kernel the copy of the large file.
+	if n := m2.metric(t, "ipnix_local_listings_total"); n != 1 {
+		t.Errorf("saved listing used %d times, want 1", n)
+	}
+	if n := m2.metric(t, "ipnix_passthrough_opens_total"); n == 0 {
+		t.Error("no passthrough after the remount")
 	}
 }

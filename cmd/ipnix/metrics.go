@@ -51,6 +51,8 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_store_paths_shown_total", "Store-path lookups answered with a path.", "counter", m.fs.Stats.Lookups.Load())
 	line("ipnix_store_paths_refused_total", "Store-path lookups refused.", "counter", m.fs.Stats.LookupsRefused.Load())
 	line("ipnix_store_paths_verified_total", "Store paths whose whole NAR matched NarHash.", "counter", m.fs.Stats.Verified.Load())
+	line("ipnix_local_copies_total", "Verified store paths whose larger files were copied into the cache directory for passthrough.", "counter", m.fs.Stats.LocalCopies.Load())
+	line("ipnix_local_listings_total", "Store paths served from the listing saved with their local copies.", "counter", m.fs.Stats.LocalListings.Load())
 	line("ipnix_passthrough_opens_total", "Opens offered a local verified copy for FUSE passthrough.", "counter", m.fs.Stats.Passthrough.Load())
 	line("ipnix_passthrough_fallback_reads_total", "Reads that reached ipnix on handles offered for passthrough.", "counter", m.fs.Stats.PassthroughFellBack.Load())
 	line("ipnix_store_paths_quarantined_total", "Store paths whose NAR did not match NarHash.", "counter", m.fs.Stats.Quarantined.Load())
