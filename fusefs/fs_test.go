@@ -715,3 +715,37 @@ func TestLocalCopiesQuotaAtStart(t *testing.T) {
 		t.Errorf("used %d bytes, want 200", fl.used)
 	}
 }
+
+// Reads that finish out of order (the kernel's concurrent read-ahead) still
+// feed the hash in one pass: leaves ahead of the frontier are kept for it.
+func TestVerifyStreamsOutOfOrder(t *testing.T) {
+	e := newEnvCache(t, Config{EagerVerifyBytes: -1, Readahead: -1}, 512<<10)
+	data := pattern(4<<20+3, 7)
+	tree := fstest.MapFS{"a": {Data: data, Mode: 0o444}}
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	f, err := os.Open(filepath.Join(e.dir, base, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Back to front, one block at a time.
+	const chunk = 256 << 10
+	got := make([]byte, len(data))
+	for off := (len(data) - 1) / chunk * chunk; off >= 0; off -= chunk {
+		n, err := f.ReadAt(got[off:min(off+chunk, len(data))], int64(off))
+		if err != nil && n < min(chunk, len(data)-off) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("wrong bytes")
+	}
+	if e.fsys.Stats.Verified.Load() != 1 {
+		t.Fatal("not verified after reading everything")
+	}
+	blocks := int64(len(nar)+chunk-1) / chunk
+	if got := e.stats.Blocks.Load(); got > blocks+2 {
+		t.Fatalf("fetched %d blocks for a %d-leaf NAR: verification re-read it", got, blocks)
+	}
+}

@@ -70,16 +70,48 @@ type storePath struct {
 	parser   *narStream // started with the first byte hashed
 	hashedTo int64
 	hashing  bool
+	// Leaves delivered past the frontier, by offset, and their bytes.
+	ahead      map[int64][]byte
+	aheadBytes int64
 }
 
 // onLeaf is the NAR file's leaf hook.
 func (sp *storePath) onLeaf(start int64, data []byte) {
 	sp.hmu.Lock()
 	defer sp.hmu.Unlock()
-	if !sp.hashing || start != sp.hashedTo {
+	if !sp.hashing || start < sp.hashedTo {
+		return
+	}
+	if start > sp.hashedTo {
+		// Ahead of the frontier (concurrent reads finish out of order):
+		// kept, within bounds, until the leaves before it arrive.
+		if _, dup := sp.ahead[start]; !dup && sp.aheadBytes+int64(len(data)) <= maxAheadBytes {
+			if sp.ahead == nil {
+				sp.ahead = make(map[int64][]byte)
+			}
+			sp.ahead[start] = data
+			sp.aheadBytes += int64(len(data))
+		}
 		return
 	}
 	sp.feed(data)
+	sp.feedAhead()
+}
+
+// maxAheadBytes bounds the leaves kept for the hasher ahead of its frontier.
+const maxAheadBytes = 32 << 20
+
+// feedAhead feeds the kept leaves that now continue the frontier.
+func (sp *storePath) feedAhead() {
+	for len(sp.ahead) > 0 {
+		d, ok := sp.ahead[sp.hashedTo]
+		if !ok {
+			return
+		}
+		delete(sp.ahead, sp.hashedTo)
+		sp.aheadBytes -= int64(len(d))
+		sp.feed(d)
+	}
 }
 
 // feed hashes and parses the next bytes of the NAR; data must not change
@@ -316,6 +348,9 @@ func (sp *storePath) check(ctx context.Context) (bad, err error) {
 	sp.hashing = false // from here on this goroutine owns the hasher
 	sp.hmu.Unlock()
 	for sp.hashedTo < size {
+		if sp.feedAhead(); sp.hashedTo >= size {
+			break
+		}
 		buf := make([]byte, min(1<<20, size-sp.hashedTo)) // handed to the parser
 		n, err := sp.nar.ReadAt(ctx, buf, sp.hashedTo)
 		sp.feed(buf[:n])
@@ -323,6 +358,7 @@ func (sp *storePath) check(ctx context.Context) (bad, err error) {
 			return nil, err // the progress is kept for the next try
 		}
 	}
+	sp.ahead, sp.aheadBytes = nil, 0
 	want := sp.info.NarHash
 	if got := sp.hasher.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
 		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), want), nil
