@@ -74,6 +74,11 @@ func NewKuboClient(addr string) (*rpc.HttpApi, string, error) {
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
+		// The 4 KiB defaults turn a block or an added NAR into thousands
+		// of small reads and writes, each dragging the whole tee of
+		// hashing, parsing and file writing behind it when publishing.
+		ReadBufferSize:  httpBufferSize,
+		WriteBufferSize: httpBufferSize,
 	}
 	if sock != "" {
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -90,6 +95,9 @@ func NewKuboClient(addr string) (*rpc.HttpApi, string, error) {
 	}
 	return api, url, nil
 }
+
+// httpBufferSize is the connection buffer of the HTTP clients.
+const httpBufferSize = 512 << 10
 
 // Kubo is a block source backed by a kubo node's RPC API (block/get). Kubo
 // fetches from the IPFS network what it does not hold; Timeout bounds that.

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/ipfs/go-cid"
 
@@ -49,15 +50,22 @@ func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer) (*in
 	if extra != nil {
 		writers = append(writers, extra)
 	}
-	src := io.TeeReader(nar, io.MultiWriter(writers...))
+	// Hashing, parsing and writing the NAR file run beside the upload,
+	// not in its path.
+	side := newAsyncWriter(io.MultiWriter(writers...))
+	src := io.TeeReader(nar, side)
 	c, err := add.Add(ctx, src)
 	if err != nil {
+		side.Close()
 		pw.CloseWithError(err)
 		<-lch
 		return nil, err
 	}
 	// Whatever add did not consume still has to be hashed and parsed.
 	_, copyErr := io.Copy(io.Discard, src)
+	if err := side.Close(); copyErr == nil {
+		copyErr = err
+	}
 	pw.CloseWithError(copyErr)
 	lr := <-lch
 	switch {
@@ -82,4 +90,55 @@ func (in *ingested) check(what string, want narindex.Hash, wantSize uint64) erro
 		return fmt.Errorf("%s: NAR hash is %s, expected %s", what, in.hash, want)
 	}
 	return nil
+}
+
+// asyncWriter hands writes to a goroutine through a short queue of copies,
+// so that a slow writer below delays the caller only when the queue is
+// full. The first error below is returned by later writes and by Close.
+type asyncWriter struct {
+	ch   chan []byte
+	done chan struct{}
+	w    io.Writer
+	err  error         // the first error below, set once
+	fail chan struct{} // closed after err is set
+	once sync.Once
+}
+
+func newAsyncWriter(w io.Writer) *asyncWriter {
+	a := &asyncWriter{ch: make(chan []byte, 16), done: make(chan struct{}), fail: make(chan struct{}), w: w}
+	go func() {
+		defer close(a.done)
+		for p := range a.ch {
+			if a.err != nil {
+				continue
+			}
+			if _, err := a.w.Write(p); err != nil {
+				a.err = err
+				close(a.fail)
+			}
+		}
+	}()
+	return a
+}
+
+func (a *asyncWriter) Write(p []byte) (int, error) {
+	// a.err is written before fail closes, and never again.
+	select {
+	case <-a.fail:
+		return 0, a.err
+	default:
+	}
+	select {
+	case a.ch <- bytes.Clone(p):
+		return len(p), nil
+	case <-a.fail:
+		return 0, a.err
+	}
+}
+
+// Close waits for every queued write and returns the first error.
+func (a *asyncWriter) Close() error {
+	a.once.Do(func() { close(a.ch) })
+	<-a.done
+	return a.err
 }
