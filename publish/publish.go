@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -99,6 +100,10 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 	return sum, nil
 }
 
+// warmWindow is how far ahead of the NAR being written the files of a
+// store path are read in.
+const warmWindow = 32 << 20
+
 func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.StorePath) error {
 	ni, err := pi.narInfo()
 	if err != nil {
@@ -112,9 +117,12 @@ func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.Sto
 	defer tmp.Close()
 
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(narindex.DumpPath(pw, pi.Path)) }()
+	var dumped atomic.Int64
+	stopWarm := warmAhead(pi.Path, &dumped, warmWindow)
+	go func() { pw.CloseWithError(narindex.DumpPath(progressWriter{pw, &dumped}, pi.Path)) }()
 	in, err := ingest(ctx, p.add, pr, tmp)
 	pr.Close()
+	stopWarm()
 	if err != nil {
 		return fmt.Errorf("%s: %w", pi.Path, err)
 	}
