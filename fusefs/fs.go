@@ -155,6 +155,9 @@ func (f *FS) PrefetchStats() *fetch.PrefetchStats {
 const (
 	immutableTimeout    = 24 * time.Hour
 	rootNegativeTimeout = 30 * time.Second
+	// The root's own attributes are kept briefly: they change as paths
+	// are added, and a stat of the mount point should find a dead server.
+	rootAttrTimeout = time.Second
 )
 
 // errno maps an error from below to what the kernel gets. Errors that are

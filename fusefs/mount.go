@@ -12,7 +12,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 )
 
 // MountOptions are the kernel-facing choices of a mount.
@@ -92,7 +91,10 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 // clearStaleMount unmounts dir if it is a FUSE mount whose server has gone
 // (stat fails with ENOTCONN), and refuses if a live ipnix mount is there.
 func clearStaleMount(dir string) error {
-	_, statErr := os.Stat(dir)
+	// statfs always reaches the server (stat may be answered from cached
+	// attributes), so a dead one shows.
+	var sfs syscall.Statfs_t
+	statErr := syscall.Statfs(dir, &sfs)
 	if errors.Is(statErr, syscall.ENOTCONN) || errors.Is(statErr, syscall.ECONNABORTED) {
 		if err := unmount(dir); err != nil {
 			return fmt.Errorf("clearing dead mount at %s: %w", dir, err)
@@ -182,12 +184,34 @@ func Detach(dir string) error { return unmount(dir) }
 // setReadahead raises the kernel's read-ahead for the mount to bytes. The
 // FUSE INIT exchange can only lower it from the 128 KiB default; the
 // mount's backing device info takes more (root only; otherwise the default
-// stays). Larger read-ahead means fewer, larger READ requests.
+// stays). Larger read-ahead means fewer, larger READ requests. The device
+// comes from mountinfo: a stat of the mount point would make the kernel
+// cache the root's attributes, and answer from them even after the server
+// died, hiding the dead mount.
 func setReadahead(dir string, bytes int) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
+	dev, err := mountDevice(dir)
+	if err != nil || dev == "" {
 		return
 	}
-	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
-	_ = os.WriteFile(p, []byte(fmt.Sprint(bytes>>10)), 0)
+	_ = os.WriteFile("/sys/class/bdi/"+dev+"/read_ahead_kb", []byte(fmt.Sprint(bytes>>10)), 0)
+}
+
+// mountDevice returns the major:minor of the mount at dir ("" if none).
+func mountDevice(dir string) (string, error) {
+	fh, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	dev := ""
+	for sc.Scan() {
+		// id parent major:minor root mountpoint ...; the last match is on top
+		f := strings.Fields(sc.Text())
+		if len(f) >= 5 && unescapeMount(f[4]) == dir {
+			dev = f[2]
+		}
+	}
+	return dev, sc.Err()
 }

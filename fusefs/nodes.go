@@ -92,6 +92,7 @@ func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	// what makes the kernel drop its cached listing (see storePath).
 	t := 1 + uint64(r.fsys.rootGen.Load())
 	out.Mtime, out.Atime, out.Ctime = t, t, t
+	out.SetTimeout(rootAttrTimeout)
 	out.Blksize = preferredIOSize
 	return 0
 }

@@ -200,6 +200,10 @@ func TestStaleMountCleared(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"--api", p.kubo.api, "--substituter", "file://" + p.cache, "--trusted-public-key", p.pub}
 	first := startMountAt(t, dir, args...)
+	// Attributes the kernel keeps must not hide the dead server.
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatal(err)
+	}
 	if err := first.proc().Kill(); err != nil {
 		t.Fatal(err)
 	}
