@@ -161,23 +161,7 @@ func (d *Disk) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		return blocks.NewBlockWithCid(data, c)
 	}
 	d.Stats.Misses.Add(1)
-	ch := d.inflight.DoChan(key, func() (any, error) {
-		b, err := d.src.GetBlock(context.WithoutCancel(ctx), c)
-		if err != nil {
-			return nil, err
-		}
-		d.write(key, b.RawData())
-		return b.RawData(), nil
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return blocks.NewBlockWithCid(r.Val.([]byte), c)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return fetchShared(ctx, &d.inflight, d.src, key, c, d.write)
 }
 
 // read returns the stored bytes of key if present and intact. A file that

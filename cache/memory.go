@@ -54,24 +54,7 @@ func (m *Memory) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) 
 		return blocks.NewBlockWithCid(data, c)
 	}
 	m.Stats.Misses.Add(1)
-	ch := m.inflight.DoChan(key, func() (any, error) {
-		// The fetch outlives a waiter that gives up; the source bounds it.
-		b, err := m.src.GetBlock(context.WithoutCancel(ctx), c)
-		if err != nil {
-			return nil, err
-		}
-		m.add(key, b.RawData())
-		return b.RawData(), nil
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return blocks.NewBlockWithCid(r.Val.([]byte), c)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return fetchShared(ctx, &m.inflight, m.src, key, c, m.add)
 }
 
 func (m *Memory) get(key string) ([]byte, bool) {
