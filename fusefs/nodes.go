@@ -220,7 +220,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		f.prefetchSmall(h.stopped(f.sp))
 	}
 	if fsys.files != nil && f.ln.Size >= passthroughMin && (f.sp.copies || f.sp.state.Load() == verified) {
-		fd, err := fsys.files.open(narindex.EncodeNix32(f.sp.info.NarHash.Digest), f.ln)
+		fd, err := fsys.files.open(f.sp.copiesKey, f.ln)
 		if err != nil {
 			fsys.log.Debug("no passthrough", "path", f.sp.base, "err", err)
 		} else {

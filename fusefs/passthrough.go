@@ -227,7 +227,7 @@ func (fl *files) materialize(sp *storePath) {
 	if len(todo) == 0 || total > fl.quota {
 		return
 	}
-	nh := narindex.EncodeNix32(sp.info.NarHash.Digest)
+	nh := sp.copiesKey
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	if fl.lru.Contains(nh) || fl.busy[nh] || fl.ctx.Err() != nil {

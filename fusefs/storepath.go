@@ -52,6 +52,8 @@ type storePath struct {
 	// NAR's larger files, written after an earlier verification, and the
 	// listing is the one saved with them.
 	copies bool
+	// copiesKey names the local copies' directory: the NarHash in nix32.
+	copiesKey string
 
 	state atomic.Int32
 
@@ -184,14 +186,14 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
 	}
 	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage),
-		hasher: sha256.New(), hashing: true}
+		hasher: sha256.New(), hashing: true, copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
 	nar.SetLeafHook(sp.onLeaf)
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
 	}
 	if f.files != nil {
 		// Local copies of a verified NAR come with its own listing.
-		if l, ok := f.files.listing(narindex.EncodeNix32(info.NarHash.Digest)); ok {
+		if l, ok := f.files.listing(sp.copiesKey); ok {
 			if err := l.Validate(int64(info.NarSize)); err == nil {
 				sp.listing, sp.copies = l, true
 				f.Stats.LocalListings.Add(1)
@@ -409,7 +411,7 @@ func (sp *storePath) quarantine(reason error) {
 		}
 	}
 	if sp.fs.files != nil {
-		sp.fs.files.drop(narindex.EncodeNix32(sp.info.NarHash.Digest))
+		sp.fs.files.drop(sp.copiesKey)
 	}
 }
 
