@@ -28,6 +28,8 @@ func TestMountArgs(t *testing.T) {
 		{"repeated -o", append(base, "-o", "debug", "-o", "block-timeout=5s", "/mnt"), func(c *mountConfig) bool { return c.Debug && c.BlockTimeout == 5*time.Second }, ""},
 		{"no-require-sigs without keys", []string{"--substituter", "file:///c", "--no-require-sigs", "/mnt"}, func(c *mountConfig) bool { return c.NoRequireSigs }, ""},
 		{"memory size", append(base, "--memory-cache", "64MiB", "/mnt"), func(c *mountConfig) bool { return c.MemoryCache == 64<<20 }, ""},
+		{"no-passthrough", append(base, "--no-passthrough", "/mnt"), func(c *mountConfig) bool { return c.NoPassthrough }, ""},
+		{"no-passthrough as -o", append(base, "-o", "no-passthrough", "/mnt"), func(c *mountConfig) bool { return c.NoPassthrough }, ""},
 		{"no mount point", base, nil, "exactly one MOUNTPOINT"},
 		{"no substituter", []string{"--trusted-public-key", "k:AAAA", "/mnt"}, nil, "--substituter"},
 		{"no key", []string{"--substituter", "file:///c", "/mnt"}, nil, "--no-require-sigs"},

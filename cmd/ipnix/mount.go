@@ -120,7 +120,7 @@ const mountOptionsHelp = `Mount options (-o), as in fstab:
   readahead=SIZE, block-timeout=DURATION, metrics=ADDR
                      the flags of the same name (substituter and trusted-public-key
                      may repeat; use ';' inside one value is not supported)
-  no-require-sigs, batch-fetch
+  no-require-sigs, batch-fetch, no-passthrough
                      as the flags; require-sigs undoes no-require-sigs
   debug              as --debug
   allow_other        let every user read the mount (needed for a /nix/store overlay)
