@@ -10,6 +10,7 @@ import (
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/singleflight"
 
@@ -49,7 +50,17 @@ type Config struct {
 	// they are kept across restarts (see passthrough.go).
 	FilesDir   string
 	FilesQuota int64
-	Log        *slog.Logger
+	// ReadTimeout bounds one read or lookup as a whole, whatever the DAG
+	// depth, the number of sources and retries (default
+	// fetch.DefaultReadTimeout).
+	ReadTimeout time.Duration
+	// MaxEntries bounds the entries of one store path's listing (default
+	// narindex.MaxListingEntries).
+	MaxEntries int
+	// ListingMemory bounds the memory of the listings held (default 256
+	// MiB); listings of paths the kernel has forgotten are dropped first.
+	ListingMemory int64
+	Log           *slog.Logger
 }
 
 // Defaults for Config.
@@ -58,6 +69,10 @@ const (
 	defaultWorkers   = 8
 	// Files up to this size are fetched whole when opened.
 	smallFileBytes = 512 << 10
+	defaultListingMemory = 256 << 20
+	// rejectedTTL is how long a store path refused at load (bad CID, DAG
+	// shape, NAR that does not match) is remembered as refused.
+	rejectedTTL = 5 * time.Minute
 )
 
 // Stats counts what the filesystem did; fields are updated atomically.
@@ -70,6 +85,9 @@ type Stats struct {
 	Passthrough         atomic.Int64 // opens offered a local copy for passthrough
 	PassthroughFellBack atomic.Int64 // reads that reached us on a handle with a local copy
 	Quarantined         atomic.Int64 // store paths whose NAR did not
+	VerifiedWhole       atomic.Int64 // store paths verified whole before shown (no trusted IpfsCidSig)
+	LocalCopiesChecked  atomic.Int64 // directories of local copies from an earlier run found intact
+	LocalCopiesDropped  atomic.Int64 // directories of local copies dropped because a check failed
 }
 
 // FS is the state of one mount: every node points to it.
@@ -94,7 +112,8 @@ type FS struct {
 	// walk over many small files. Set by Mount.
 	opens atomic.Bool
 
-	lookups singleflight.Group
+	lookups  singleflight.Group
+	rejected *expirable.LRU[string, error] // store paths refused at load
 }
 
 // New returns a filesystem serving cfg.
@@ -109,13 +128,23 @@ func New(cfg Config) (*FS, error) {
 	if cfg.Readahead == 0 {
 		cfg.Readahead = defaultReadahead
 	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = fetch.DefaultReadTimeout
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = narindex.MaxListingEntries
+	}
+	if cfg.ListingMemory <= 0 {
+		cfg.ListingMemory = defaultListingMemory
+	}
 	if cfg.ReadaheadWorkers <= 0 {
 		cfg.ReadaheadWorkers = defaultWorkers
 	}
-	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath)}
+	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath),
+		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL)}
 	f.root = &rootNode{fsys: f}
 	if cfg.FilesDir != "" {
-		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log)
+		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log, &f.Stats)
 		if err != nil {
 			return nil, err
 		}

@@ -2,14 +2,17 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/integrity"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -52,7 +55,11 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		e := errno(err)
 		switch e {
 		case syscall.ENOENT:
-			r.fsys.log.Info("store path not shown", "name", name, "reason", err)
+			// A refusal is remembered for a while; its reason is logged
+			// once.
+			if !errors.Is(err, narindex.ErrRemembered) {
+				r.fsys.log.Info("store path not shown", "name", name, "reason", err)
+			}
 			out.SetEntryTimeout(rootNegativeTimeout)
 		case syscall.EINTR:
 		default:
@@ -60,7 +67,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		}
 		return nil, e
 	}
-	if sp.state.Load() == quarantined {
+	if sp.quarantined() {
 		return nil, syscall.EIO
 	}
 	r.fsys.Stats.Lookups.Add(1)
@@ -69,18 +76,17 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 
 func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	r.fsys.mu.Lock()
-	names := make([]string, 0, len(r.fsys.paths))
-	for name := range r.fsys.paths {
-		names = append(names, name)
+	paths := make([]*storePath, 0, len(r.fsys.paths))
+	for _, sp := range r.fsys.paths {
+		if !sp.quarantined() {
+			paths = append(paths, sp)
+		}
 	}
 	r.fsys.mu.Unlock()
-	sort.Strings(names)
-	out := make([]fuse.DirEntry, 0, len(names))
-	for _, name := range names {
-		r.fsys.mu.Lock()
-		sp := r.fsys.paths[name]
-		r.fsys.mu.Unlock()
-		out = append(out, fuse.DirEntry{Name: name, Mode: modeOf(sp.listing.Root), Ino: ino(sp.index, 0)})
+	sort.Slice(paths, func(i, j int) bool { return paths[i].base < paths[j].base })
+	out := make([]fuse.DirEntry, 0, len(paths))
+	for _, sp := range paths {
+		out = append(out, fuse.DirEntry{Name: sp.base, Mode: modeOf(sp.listing.Root), Ino: ino(sp.index, 0)})
 	}
 	return fs.NewListDirStream(out), 0
 }
@@ -155,12 +161,18 @@ func (sp *storePath) fillAttr(ln *narindex.ListingNode, ord uint32, a *fuse.Attr
 }
 
 func (n *entryNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if n.sp.quarantined() {
+		return syscall.EIO
+	}
 	n.sp.fillAttr(n.ln, n.ordinal, &out.Attr)
 	out.SetTimeout(immutableTimeout)
 	return 0
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if d.sp.quarantined() {
+		return nil, syscall.EIO
+	}
 	child := d.ln.Entries[name]
 	if child == nil {
 		out.SetEntryTimeout(immutableTimeout)
@@ -170,12 +182,18 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	if d.sp.quarantined() {
+		return nil, syscall.EIO
+	}
 	return fs.NewListDirStream(d.entries()), 0
 }
 
 // OpendirHandle lets the kernel cache the listing (FOPEN_CACHE_DIR): a
 // directory inside a store path never changes.
 func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if d.sp.quarantined() {
+		return nil, 0, syscall.EIO
+	}
 	return fs.NewListDirStream(d.entries()), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -196,7 +214,7 @@ func (f *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 }
 
 func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if s.sp.state.Load() == quarantined {
+	if s.sp.quarantined() {
 		return nil, syscall.EIO
 	}
 	return []byte(s.ln.Target), 0
@@ -211,7 +229,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// Nothing to hand over: the kernel stops asking (see FS.opens).
 		return nil, 0, syscall.ENOSYS
 	}
-	if f.sp.state.Load() == quarantined {
+	if f.sp.quarantined() {
 		return nil, 0, syscall.EIO
 	}
 	h := &fileHandle{fd: -1, fsys: fsys}
@@ -219,7 +237,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
 		f.prefetchSmall(h.stopped(f.sp))
 	}
-	if fsys.files != nil && f.ln.Size >= passthroughMin && (f.sp.copies || f.sp.state.Load() == verified) {
+	if fsys.files != nil && f.ln.Size >= passthroughMin && f.sp.fs.files.usable(f.sp) {
 		fd, err := fsys.files.open(f.sp.copiesKey, f.ln)
 		if err != nil {
 			fsys.log.Debug("no passthrough", "path", f.sp.base, "err", err)
@@ -256,13 +274,10 @@ func (h *fileHandle) PassthroughFd() (int, bool) {
 	return h.fd, true
 }
 
-// quarantined reports whether the store path's data was refused.
-func (sp *storePath) quarantined() bool { return sp.state.Load() == quarantined }
-
 // stopped tells read-ahead to give up: the file was closed or its store
 // path quarantined.
 func (h *fileHandle) stopped(sp *storePath) func() bool {
-	return func() bool { return h.stop.Load() || sp.state.Load() == quarantined }
+	return func() bool { return h.stop.Load() || sp.quarantined() }
 }
 
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
@@ -276,7 +291,7 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 
 func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	sp := f.sp
-	if sp.state.Load() == quarantined {
+	if sp.quarantined() {
 		return nil, syscall.EIO
 	}
 	size := f.ln.Size
@@ -296,11 +311,14 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 			sp.fs.prefetch.Prefetch(sp.nar, from, to, sp.quarantined)
 		}
 	}
+	// One bound for the whole read, whatever the DAG depth and sources.
+	ctx, cancel := context.WithTimeout(ctx, sp.fs.cfg.ReadTimeout)
+	defer cancel()
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)
 	if err != nil && n < int(end-off) {
 		return nil, sp.fs.readErrno(sp, err)
 	}
-	if sp.noteRead(f.ln, off, end) {
+	if sp.chk.NoteRead(f.ln, off, end) {
 		// The last unread bytes of the store path: check the whole NAR
 		// before serving them.
 		if err := sp.verify(ctx, &f.Inode); err != nil {
@@ -326,7 +344,7 @@ func (f *fileNode) readahead(fh fs.FileHandle) (*fetch.Readahead, func() bool) {
 }
 
 func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
-	if err == errQuarantined {
+	if errors.Is(err, integrity.ErrQuarantined) {
 		return syscall.EIO
 	}
 	e := errno(err)
@@ -337,22 +355,52 @@ func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
 	return e
 }
 
-// flushKernelCache makes the kernel drop the cached pages of every file of
-// the store path it knows, before returning: with opens not asked for (see
-// FS.opens), cached pages are all that would still be served. The file
-// being read, if any, is skipped: the kernel holds its pages locked until
-// this read is answered (with EIO, so they stay empty).
-func (f *FS) flushKernelCache(base string, skip *fs.Inode) {
+// forget makes the kernel drop everything it cached of store path base:
+// file pages, attributes and symlink targets before it returns, and the
+// names under the path and its own entry in the root soon after (waiting
+// at most forgetWait: an entry notification waits for lookups in flight
+// in that directory). Whatever the kernel asks for again gets EIO. skip,
+// if not nil, is the file being read: the kernel holds its pages locked
+// until that read is answered (with EIO, so they stay empty), so only its
+// attributes are dropped.
+func (f *FS) forget(base string, skip *fs.Inode) {
+	top := f.root.GetChild(base)
+	if top == nil {
+		return
+	}
+	type entry struct {
+		dir  *fs.Inode
+		name string
+	}
+	var entries []entry
 	var walk func(in *fs.Inode)
 	walk = func(in *fs.Inode) {
-		if in.Mode()&syscall.S_IFMT == syscall.S_IFREG && in != skip {
-			in.NotifyContent(0, 0)
+		if in == skip {
+			in.NotifyContent(-1, 0) // attributes only
+		} else {
+			in.NotifyContent(0, 0) // attributes, pages, a symlink's target, a directory's listing
 		}
-		for _, c := range in.Children() {
+		for name, c := range in.Children() {
 			walk(c)
+			entries = append(entries, entry{in, name})
 		}
 	}
-	if in := f.root.GetChild(base); in != nil {
-		walk(in)
+	walk(top)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, e := range entries {
+			e.dir.NotifyEntry(e.name)
+		}
+		f.root.NotifyEntry(base)
+	}()
+	select {
+	case <-done:
+	case <-time.After(forgetWait):
+		f.log.Warn("kernel still forgetting a quarantined store path's names", "path", base)
 	}
 }
+
+// forgetWait bounds how long a quarantining read waits for the kernel to
+// drop the path's names.
+const forgetWait = 2 * time.Second

@@ -2,6 +2,8 @@ package fusefs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,18 +31,21 @@ import (
 //
 // Layout, one directory per verified NAR, named by its NarHash:
 //
-//	FILES/<nix32 sha256 of the NAR>/listing     the NAR's listing, as Nix writes .ls
+//	FILES/<nix32 sha256 of the NAR>/manifest    "<narOffset> <size> <sha256 hex>" per copy
 //	FILES/<nix32 sha256 of the NAR>/<narOffset> the regular file at that offset
 //	FILES/.tmp-*                                 being written; removed at start
 //
-// A directory appears by one rename once every copy in it and the listing
-// are written and synced, so a directory that exists is complete. Its
-// contents came from blocks that matched their CIDs and were then checked
-// as a whole against the signed NarHash; like a Nix store, the copies are
-// trusted from then on, across restarts, for any accepted narinfo with the
-// same NarHash. The listing saved beside them is the one parsed from the
-// verified NAR itself, and is served instead of a substituter's. Whole
-// directories are evicted, least recently used first, to stay under quota.
+// A directory appears by one rename once every copy in it and the manifest
+// are written and synced. Copies are written from blocks that matched
+// their CIDs of a NAR that then matched the signed NarHash, and hashed as
+// they are written. Copies written by this process are used at once; a
+// directory found at start is used only after every copy in it has been
+// hashed again against its manifest (in the background, on the first use
+// of a path with that NarHash); until then reads go through verified
+// blocks, and a mismatch drops the directory. Copies are found through the
+// listing the path is served from (itself authenticated), never through a
+// listing saved here. Whole directories are evicted, least recently used
+// first, to stay under quota.
 
 // passthroughMin is the smallest file worth a local copy.
 const passthroughMin = 256 << 10
@@ -58,16 +64,30 @@ type files struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	lru  *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
-	used int64
-	busy map[string]bool // being written
+	stats *Stats
+
+	mu    sync.Mutex
+	lru   *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
+	used  int64
+	busy  map[string]bool      // being written
+	state map[string]copyState // absent: written by this process, usable
 }
+
+// copyState is where a directory found at start stands.
+type copyState int
+
+const (
+	unchecked copyState = iota // found at start, not yet hashed again
+	checking
+)
 
 // openFiles opens (creating it if needed) the copies directory, removes
 // unfinished work and trims it to quota.
-func openFiles(dir string, quota int64, log *slog.Logger) (*files, error) {
+func openFiles(dir string, quota int64, log *slog.Logger, stats *Stats) (*files, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
 	ents, err := os.ReadDir(dir)
@@ -76,7 +96,8 @@ func openFiles(dir string, quota int64, log *slog.Logger) (*files, error) {
 	}
 	lru, _ := simplelru.NewLRU[string, int64](math.MaxInt, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	fl := &files{dir: dir, quota: quota, log: log, ctx: ctx, cancel: cancel, lru: lru, busy: map[string]bool{}}
+	fl := &files{dir: dir, quota: quota, log: log, stats: stats, ctx: ctx, cancel: cancel, lru: lru,
+		busy: map[string]bool{}, state: map[string]copyState{}}
 	type found struct {
 		name string
 		size int64
@@ -105,6 +126,7 @@ func openFiles(dir string, quota int64, log *slog.Logger) (*files, error) {
 	for _, f := range all {
 		fl.lru.Add(f.name, f.size)
 		fl.used += f.size
+		fl.state[f.name] = unchecked
 	}
 	fl.mu.Lock()
 	fl.evictLocked(0)
@@ -149,28 +171,116 @@ func (fl *files) evictLocked(need int64) {
 	}
 }
 
-// listing returns the verified listing saved with the copies of the NAR
-// whose hash is nh, marking them used; ok is false when there are none.
-func (fl *files) listing(nh string) (l *narindex.Listing, ok bool) {
+// check starts hashing, in the background, the copies of the NAR whose
+// hash is nh if they were found at start and not checked yet, and marks
+// them used.
+func (fl *files) check(nh string) {
 	fl.mu.Lock()
-	_, ok = fl.lru.Get(nh)
-	fl.mu.Unlock()
-	if !ok {
-		return nil, false
+	defer fl.mu.Unlock()
+	if _, ok := fl.lru.Get(nh); !ok || fl.ctx.Err() != nil {
+		return
 	}
 	p := filepath.Join(fl.dir, nh)
-	data, err := os.ReadFile(filepath.Join(p, "listing"))
-	if err == nil {
-		l, err = narindex.ParseListing(data)
-	}
-	if err != nil {
-		fl.log.Warn("dropping unreadable local copies", "dir", p, "err", err)
-		fl.drop(nh)
-		return nil, false
-	}
 	now := time.Now()
 	os.Chtimes(p, now, now) // the LRU order for the next start
-	return l, true
+	if st, ok := fl.state[nh]; !ok || st != unchecked {
+		return
+	}
+	fl.state[nh] = checking
+	fl.wg.Go(func() {
+		err := checkCopies(fl.ctx, p)
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		switch {
+		case err == nil:
+			delete(fl.state, nh)
+			fl.stats.LocalCopiesChecked.Add(1)
+			fl.log.Debug("local copies checked", "dir", p)
+		case fl.ctx.Err() != nil:
+			fl.state[nh] = unchecked
+		default:
+			fl.stats.LocalCopiesDropped.Add(1)
+			fl.log.Warn("dropping local copies that do not match their manifest", "dir", p, "err", err)
+			fl.dropLocked(nh)
+		}
+	})
+}
+
+// usable reports whether sp's local copies may be handed to the kernel:
+// they exist and were written or checked by this process.
+func (fl *files) usable(sp *storePath) bool {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	_, checking := fl.state[sp.copiesKey]
+	return !checking && fl.lru.Contains(sp.copiesKey)
+}
+
+// checkCopies hashes every copy in dir p against its manifest, and
+// refuses files the manifest does not name.
+func checkCopies(ctx context.Context, p string) error {
+	data, err := os.ReadFile(filepath.Join(p, "manifest"))
+	if err != nil {
+		return err
+	}
+	want := map[string]string{"manifest": ""}
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
+		}
+		size, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil || size < 0 {
+			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
+		}
+		if _, err := strconv.ParseInt(f[0], 10, 64); err != nil {
+			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
+		}
+		want[f[0]] = f[2]
+		fi, err := os.Stat(filepath.Join(p, f[0]))
+		if err != nil {
+			return err
+		}
+		if fi.Size() != size {
+			return fmt.Errorf("copy %s is %d bytes, manifest says %d", f[0], fi.Size(), size)
+		}
+	}
+	ents, err := os.ReadDir(p)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		sum, ok := want[e.Name()]
+		if !ok {
+			return fmt.Errorf("%s is not in the manifest", e.Name())
+		}
+		if e.Name() == "manifest" {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		got, err := hashFile(filepath.Join(p, e.Name()))
+		if err != nil {
+			return err
+		}
+		if got != sum {
+			return fmt.Errorf("copy %s has SHA-256 %s, manifest says %s", e.Name(), got, sum)
+		}
+	}
+	return nil
+}
+
+func hashFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // open returns a read-only descriptor of the local copy of regular file ln
@@ -195,6 +305,11 @@ func (fl *files) open(nh string, ln *narindex.ListingNode) (int, error) {
 func (fl *files) drop(nh string) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
+	fl.dropLocked(nh)
+}
+
+func (fl *files) dropLocked(nh string) {
+	delete(fl.state, nh)
 	if size, ok := fl.lru.Peek(nh); ok {
 		fl.lru.Remove(nh)
 		fl.used -= size
@@ -256,16 +371,15 @@ func (fl *files) write(sp *storePath, nh string, todo []*narindex.ListingNode, t
 	}
 	defer os.RemoveAll(tmp)
 	buf := make([]byte, 1<<20)
+	var manifest strings.Builder
 	for _, ln := range todo {
-		if err := fl.copyFile(sp, ln, filepath.Join(tmp, strconv.FormatInt(ln.NarOffset, 10)), buf); err != nil {
+		sum, err := fl.copyFile(sp, ln, filepath.Join(tmp, strconv.FormatInt(ln.NarOffset, 10)), buf)
+		if err != nil {
 			return err
 		}
+		fmt.Fprintf(&manifest, "%d %d %s\n", ln.NarOffset, ln.Size, sum)
 	}
-	data, err := sp.listing.Marshal()
-	if err != nil {
-		return err
-	}
-	if err := writeSynced(filepath.Join(tmp, "listing"), data); err != nil {
+	if err := writeSynced(filepath.Join(tmp, "manifest"), []byte(manifest.String())); err != nil {
 		return err
 	}
 	if err := syncDir(tmp); err != nil {
@@ -286,15 +400,19 @@ func (fl *files) write(sp *storePath, nh string, todo []*narindex.ListingNode, t
 	}
 	fl.lru.Add(nh, size)
 	fl.used += size
+	delete(fl.state, nh)
 	return syncDir(fl.dir)
 }
 
-func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf []byte) error {
+// copyFile writes regular file ln of sp to p and returns its SHA-256 in
+// hex.
+func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf []byte) (string, error) {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
+	h := sha256.New()
 	for off := int64(0); off < ln.Size; {
 		n := min(int64(len(buf)), ln.Size-off)
 		m, err := sp.nar.ReadAt(fl.ctx, buf[:n], ln.NarOffset+off)
@@ -302,17 +420,18 @@ func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf
 			if err == nil || errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return fmt.Errorf("copying %d bytes at NAR offset %d: %w", ln.Size, ln.NarOffset, err)
+			return "", fmt.Errorf("copying %d bytes at NAR offset %d: %w", ln.Size, ln.NarOffset, err)
 		}
+		h.Write(buf[:n])
 		if _, err := f.Write(buf[:n]); err != nil {
-			return err
+			return "", err
 		}
 		off += n
 	}
 	if err := f.Sync(); err != nil {
-		return err
+		return "", err
 	}
-	return f.Close()
+	return hex.EncodeToString(h.Sum(nil)), f.Close()
 }
 
 func writeSynced(p string, data []byte) error {

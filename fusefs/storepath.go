@@ -1,21 +1,17 @@
 package fusefs
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"sort"
-	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/integrity"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -24,15 +20,10 @@ import (
 // of empty files, symlinks and directories between) sit in that gap.
 const narGapSlack = 64 << 10
 
-// Verification states of a store path.
-const (
-	unverified int32 = iota
-	verified
-	quarantined
-)
-
 // storePath is one accepted store path: its narinfo, its NAR as a UnixFS
-// file, the listing its tree is served from, and what has been read of it.
+// file, the listing its tree is served from, the inode numbering of that
+// listing, and its integrity state. What may be served and when is decided
+// by chk (package integrity); this type wires it to the kernel.
 type storePath struct {
 	fs       *FS
 	index    uint32
@@ -42,94 +33,25 @@ type storePath struct {
 	nar      *fetch.File
 	listing  *narindex.Listing
 	ordinals map[*narindex.ListingNode]uint32
-	regular  int // regular files with at least one byte
+	chk      *integrity.Checker
 
 	// narRA spots readers that walk the store path in NAR order (tar, cp
 	// -r, nix hash path, find -exec cat) and reads ahead across files.
 	narRA *fetch.Readahead
 
-	// copies is set when the files directory holds local copies of this
-	// NAR's larger files, written after an earlier verification, and the
-	// listing is the one saved with them.
-	copies bool
 	// copiesKey names the local copies' directory: the NarHash in nix32.
 	copiesKey string
-
-	state atomic.Int32
-
-	mu        sync.Mutex
-	covered   map[*narindex.ListingNode]*coverage
-	filesDone int
-	allRead   bool
-
-	verifyMu sync.Mutex
-
-	// The NAR is hashed as it streams past readers: every leaf that ReadAt
-	// delivers at the hash frontier is fed in, so a store path read in NAR
-	// order is checked without a second pass.
-	hmu      sync.Mutex
-	hasher   hash.Hash
-	parser   *narStream // started with the first byte hashed
-	hashedTo int64
-	hashing  bool
-	// Leaves delivered past the frontier, by offset, and their bytes.
-	ahead      map[int64][]byte
-	aheadBytes int64
 }
 
-// onLeaf is the NAR file's leaf hook.
-func (sp *storePath) onLeaf(start int64, data []byte) {
-	sp.hmu.Lock()
-	defer sp.hmu.Unlock()
-	if !sp.hashing || start < sp.hashedTo {
-		return
-	}
-	if start > sp.hashedTo {
-		// Ahead of the frontier (concurrent reads finish out of order):
-		// kept, within bounds, until the leaves before it arrive.
-		if _, dup := sp.ahead[start]; !dup && sp.aheadBytes+int64(len(data)) <= maxAheadBytes {
-			if sp.ahead == nil {
-				sp.ahead = make(map[int64][]byte)
-			}
-			sp.ahead[start] = data
-			sp.aheadBytes += int64(len(data))
-		}
-		return
-	}
-	sp.feed(data)
-	sp.feedAhead()
-}
+func (sp *storePath) state() integrity.State { return sp.chk.State() }
 
-// maxAheadBytes bounds the leaves kept for the hasher ahead of its frontier.
-const maxAheadBytes = 32 << 20
-
-// feedAhead feeds the kept leaves that now continue the frontier.
-func (sp *storePath) feedAhead() {
-	for len(sp.ahead) > 0 {
-		d, ok := sp.ahead[sp.hashedTo]
-		if !ok {
-			return
-		}
-		delete(sp.ahead, sp.hashedTo)
-		sp.aheadBytes -= int64(len(d))
-		sp.feed(d)
-	}
-}
-
-// feed hashes and parses the next bytes of the NAR; data must not change
-// afterwards. Callers hold hmu or own the hasher.
-func (sp *storePath) feed(data []byte) {
-	if sp.parser == nil {
-		sp.parser = newNarStream()
-	}
-	sp.hasher.Write(data)
-	sp.parser.write(data)
-	sp.hashedTo += int64(len(data))
-}
+// quarantined reports whether the store path's data was refused.
+func (sp *storePath) quarantined() bool { return sp.chk.State() == integrity.Quarantined }
 
 // storePath returns the accepted store path named base, resolving it on
-// first use. Concurrent lookups of one name share one resolution; failures
-// are not remembered here (the resolver caches negative answers).
+// first use. Concurrent lookups of one name share one resolution, which
+// runs under a context of its own (bounded by the lookup timeout): one
+// interrupted lookup must not fail the others.
 func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 	f.mu.Lock()
 	sp := f.paths[base]
@@ -137,12 +59,18 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 	if sp != nil {
 		return sp, nil
 	}
-	v, err, _ := f.lookups.Do(base, func() (any, error) {
-		res, err := f.cfg.Resolver.Resolve(ctx, base)
+	if err, ok := f.rejected.Get(base); ok {
+		return nil, fmt.Errorf("%w (%w)", err, narindex.ErrRemembered)
+	}
+	ch := f.lookups.DoChan(base, func() (any, error) {
+		sctx := context.WithoutCancel(ctx)
+		rctx, cancel := context.WithTimeout(sctx, f.cfg.ReadTimeout)
+		res, err := f.cfg.Resolver.Resolve(rctx, base)
+		cancel()
 		if err != nil {
 			return nil, err
 		}
-		sp, err := f.load(ctx, base, res)
+		sp, err := f.load(sctx, base, res)
 		if err != nil {
 			return nil, err
 		}
@@ -162,20 +90,37 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 		go f.root.NotifyContent(0, 0)
 		return sp, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			if errors.Is(r.Err, narindex.ErrRejected) && !errors.Is(r.Err, narindex.ErrRemembered) {
+				f.rejected.Add(base, r.Err)
+			}
+			return nil, r.Err
+		}
+		return r.Val.(*storePath), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*storePath), nil
 }
 
-// load opens the NAR behind an accepted narinfo and its listing.
+// load opens the NAR behind an accepted narinfo and decides how the path
+// is served. With a trusted IpfsCidSig (res.CidSigned) every block is
+// checked against a signed root, so the path is served lazily from a
+// listing whose digest matched the signed IpfsLsHash, or else from the
+// NAR's own headers. Without one, nothing of the path is served until its
+// whole NAR has matched NarHash, and the listing is the one parsed from
+// those verified bytes. ctx carries no deadline: each step gets its own
+// bound.
 func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*storePath, error) {
+	bctx, cancel := context.WithTimeout(ctx, f.cfg.ReadTimeout)
+	defer cancel()
 	info := res.Info
 	c, err := cid.Decode(info.IpfsCid)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: IpfsCid %q: %v", narindex.ErrRejected, base, info.IpfsCid, err)
 	}
-	nar, err := fetch.OpenFile(ctx, f.cfg.Blocks, c)
+	nar, err := fetch.OpenFile(bctx, f.cfg.Blocks, c)
 	if err != nil {
 		if errors.Is(err, fetch.ErrMalformedDAG) {
 			return nil, fmt.Errorf("%w: %s: CID %s: %v", narindex.ErrRejected, base, c, err)
@@ -185,56 +130,107 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if nar.Size() != int64(info.NarSize) {
 		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
 	}
-	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar, covered: make(map[*narindex.ListingNode]*coverage),
-		hasher: sha256.New(), hashing: true, copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
-	nar.SetLeafHook(sp.onLeaf)
+	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar,
+		chk:       integrity.New(info.NarHash, nar.Size(), f.cfg.MaxEntries),
+		copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
+	nar.SetLeafHook(sp.chk.OnLeaf)
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
 	}
-	if f.files != nil {
-		// Local copies of a verified NAR come with its own listing.
-		if l, ok := f.files.listing(sp.copiesKey); ok {
-			if err := l.Validate(int64(info.NarSize)); err == nil {
-				sp.listing, sp.copies = l, true
-				f.Stats.LocalListings.Add(1)
-			}
+	if !res.CidSigned {
+		// A large NAR needs longer than one read: the bound grows with
+		// its size at wholeVerifyRate.
+		wctx, cancel := context.WithTimeout(ctx, f.cfg.ReadTimeout+time.Duration(info.NarSize/wholeVerifyRate)*time.Second)
+		defer cancel()
+		if err := sp.verifyWhole(wctx); err != nil {
+			return nil, err
 		}
-	}
-	if sp.listing == nil && res.ListingData != nil {
-		l, err := narindex.ParseListing(res.ListingData)
-		if err == nil {
-			err = l.Validate(int64(info.NarSize))
+		sp.listing = sp.chk.Parsed()
+		if f.files != nil {
+			f.files.materialize(sp)
 		}
-		if err != nil {
-			f.log.Warn("ignoring listing from substituter; reading NAR headers instead", "path", base, "from", res.From, "err", err)
-		} else {
-			sp.listing = l
+	} else {
+		if err := sp.lazyListing(bctx, res); err != nil {
+			return nil, err
 		}
-	}
-	if sp.listing == nil {
-		l, err := narindex.ListingFromNar(newSeekBuffer(ctxReaderAt{ctx, nar}, nar.Size()))
-		if err != nil {
-			if errors.Is(err, narindex.ErrMalformedNAR) {
-				return nil, fmt.Errorf("%w: %s: NAR %s: %v", narindex.ErrRejected, base, c, err)
-			}
-			return nil, fmt.Errorf("%s: reading NAR headers of %s: %w", base, c, err)
-		}
-		sp.listing = l
+		sp.chk.Serve(sp.listing)
 	}
 	if err := sp.number(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
 	}
-	if int64(info.NarSize) <= f.cfg.EagerVerifyBytes {
-		// A quarantined path is kept, so that it stays quarantined.
-		if err := sp.verify(ctx, nil); err != nil && sp.state.Load() != quarantined {
+	if f.files != nil {
+		f.files.check(sp.copiesKey) // local copies from an earlier run, if any
+	}
+	if res.CidSigned && int64(info.NarSize) <= f.cfg.EagerVerifyBytes {
+		if err := sp.verify(bctx, nil); err != nil {
+			if errors.Is(err, integrity.ErrQuarantined) {
+				return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
+			}
 			return nil, err
 		}
 	}
 	return sp, nil
 }
 
-// number gives every listing entry its ordinal in NAR order and counts the
-// regular files that must be read before the NAR can be checked.
+// wholeVerifyRate is the slowest fetch, in bytes per second, that a path
+// verified whole before it is shown is given time for.
+const wholeVerifyRate = 1 << 20
+
+// verifyWhole fetches and checks the whole NAR of a path without a trusted
+// CID signature, before anything of it is shown. A mismatch is a rejection
+// (ENOENT) and is logged; a failure to fetch is transient (EIO).
+func (sp *storePath) verifyWhole(ctx context.Context) error {
+	start := time.Now()
+	_, err := sp.chk.Verify(ctx, sp.nar.ReadAt)
+	if errors.Is(err, integrity.ErrQuarantined) {
+		sp.fs.Stats.Quarantined.Add(1)
+		return fmt.Errorf("%w: %s: verified whole (no trusted IpfsCidSig): %v", narindex.ErrRejected, sp.base, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: verifying the whole NAR (no trusted IpfsCidSig): %w", sp.base, err)
+	}
+	sp.fs.Stats.Verified.Add(1)
+	sp.fs.Stats.VerifiedWhole.Add(1)
+
+	sp.fs.log.Info("store path verified whole before serving (no trusted IpfsCidSig)", "path", sp.base, "bytes", sp.nar.Size(), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// lazyListing finds the listing of a CID-signed path: the substituter's,
+// which the resolver hands over only when it matched the signed digest, or
+// else the one built from the NAR's headers (authenticated block by block
+// against the signed CID).
+func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved) error {
+	max := sp.fs.cfg.MaxEntries
+	if res.ListingData != nil {
+		l, err := narindex.ParseListingLimit(res.ListingData, max)
+		if err == nil {
+			err = l.Validate(sp.nar.Size())
+		}
+		if err == nil {
+			sp.listing = l
+			return nil
+		}
+		if errors.Is(err, narindex.ErrTooManyEntries) {
+			return fmt.Errorf("%w: %s: %v", narindex.ErrRejected, sp.base, err)
+		}
+		// Signed and wrong: the publisher's listing is broken.
+		sp.fs.log.Warn("ignoring signed listing that does not parse; reading NAR headers instead", "path", sp.base, "err", err)
+	} else if res.ListingNote != "" {
+		sp.fs.log.Info("not using the substituter's listing; reading NAR headers instead", "path", sp.base, "from", res.From, "why", res.ListingNote)
+	}
+	l, err := narindex.ListingFromNarLimit(newSeekBuffer(ctxReaderAt{ctx, sp.nar}, sp.nar.Size()), max)
+	if err != nil {
+		if errors.Is(err, narindex.ErrMalformedNAR) || errors.Is(err, narindex.ErrTooManyEntries) {
+			return fmt.Errorf("%w: %s: NAR %s: %v", narindex.ErrRejected, sp.base, sp.cid, err)
+		}
+		return fmt.Errorf("%s: reading NAR headers of %s: %w", sp.base, sp.cid, err)
+	}
+	sp.listing = l
+	return nil
+}
+
+// number gives every listing entry its ordinal in NAR order.
 func (sp *storePath) number() error {
 	sp.ordinals = make(map[*narindex.ListingNode]uint32)
 	var walk func(n *narindex.ListingNode) error
@@ -243,9 +239,6 @@ func (sp *storePath) number() error {
 			return errors.New("too many entries for 32-bit ordinals")
 		}
 		sp.ordinals[n] = uint32(len(sp.ordinals))
-		if n.Type == narindex.TypeRegular && n.Size > 0 {
-			sp.regular++
-		}
 		for _, name := range sortedNames(n) {
 			if err := walk(n.Entries[name]); err != nil {
 				return err
@@ -265,154 +258,45 @@ func sortedNames(n *narindex.ListingNode) []string {
 	return names
 }
 
-// noteRead records that bytes [off, end) of regular file n were served. It
-// reports true when every byte of every file has now been served (or was
-// before, with the NAR check still to do).
-func (sp *storePath) noteRead(n *narindex.ListingNode, off, end int64) bool {
-	if sp.state.Load() != unverified || end <= off {
-		return false
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if sp.allRead {
-		return true
-	}
-	cv := sp.covered[n]
-	if cv == nil {
-		cv = &coverage{}
-		sp.covered[n] = cv
-	}
-	if cv.done {
-		return false
-	}
-	if cv.add(off, end, n.Size) {
-		sp.filesDone++
-		sp.allRead = sp.filesDone == sp.regular
-	}
-	return sp.allRead
-}
-
-// verify streams the whole NAR, hashes it and parses it against the
-// listing. A mismatch quarantines the store path and is returned as an
-// error; a failure to fetch is returned and may be retried later.
-// reading is the inode whose read brought the last bytes, or nil.
+// verify checks the whole NAR (see integrity.Checker.Verify). The call
+// that finds a mismatch quarantines the path and makes the kernel forget
+// it before returning. reading is the inode whose read brought the last
+// bytes, or nil.
 func (sp *storePath) verify(ctx context.Context, reading *fs.Inode) error {
-	quarantined, err := sp.verifyLocked(ctx)
-	if quarantined {
-		// Outside verifyMu: readers of other files waiting for it hold
-		// their pages locked, and the flush waits for those locks.
-		sp.fs.flushKernelCache(sp.base, reading)
-	}
-	return err
-}
-
-// verifyLocked does verify's work under verifyMu and reports whether this
-// call quarantined the store path.
-func (sp *storePath) verifyLocked(ctx context.Context) (bool, error) {
-	sp.verifyMu.Lock()
-	defer sp.verifyMu.Unlock()
-	switch sp.state.Load() {
-	case verified:
-		return false, nil
-	case quarantined:
-		return false, errQuarantined
-	}
-	bad, err := sp.check(ctx)
-	if err != nil {
-		return false, err
-	}
-	if bad != nil {
-		sp.quarantine(bad)
-		return true, errQuarantined
-	}
-	sp.state.Store(verified)
-	sp.fs.Stats.Verified.Add(1)
-	if sp.fs.files != nil && !sp.copies {
-		sp.fs.files.materialize(sp)
-	}
-	sp.fs.log.Debug("NAR verified", "path", sp.base, "cid", sp.cid, "bytes", sp.nar.Size())
-	// Coverage is no longer needed.
-	sp.mu.Lock()
-	sp.covered = nil
-	sp.mu.Unlock()
-	return false, nil
-}
-
-var errQuarantined = errors.New("store path is quarantined: its NAR does not match the signed NarHash")
-
-// check returns a non-nil bad when the NAR is not what the narinfo and the
-// listing promised, and err when it could not be read. Hashing and parsing
-// pick up where streaming left them; the listing parsed from the NAR must
-// equal the one served.
-func (sp *storePath) check(ctx context.Context) (bad, err error) {
-	size := sp.nar.Size()
-	sp.hmu.Lock()
-	sp.hashing = false // from here on this goroutine owns the hasher
-	sp.hmu.Unlock()
-	for sp.hashedTo < size {
-		if sp.feedAhead(); sp.hashedTo >= size {
-			break
-		}
-		buf := make([]byte, min(1<<20, size-sp.hashedTo)) // handed to the parser
-		n, err := sp.nar.ReadAt(ctx, buf, sp.hashedTo)
-		sp.feed(buf[:n])
-		if err != nil && err != io.EOF {
-			return nil, err // the progress is kept for the next try
+	now, err := sp.chk.Verify(ctx, sp.nar.ReadAt)
+	switch {
+	case now && err != nil:
+		sp.onQuarantine(err, reading)
+		return integrity.ErrQuarantined
+	case err != nil:
+		return err
+	case now:
+		sp.fs.Stats.Verified.Add(1)
+		sp.fs.log.Debug("NAR verified", "path", sp.base, "cid", sp.cid, "bytes", sp.nar.Size())
+		if sp.fs.files != nil {
+			sp.fs.files.materialize(sp)
 		}
 	}
-	sp.ahead, sp.aheadBytes = nil, 0
-	want := sp.info.NarHash
-	if got := sp.hasher.Sum(nil); want.Algo != "sha256" || !bytes.Equal(got, want.Digest) {
-		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), want), nil
-	}
-	if sp.parser == nil { // an empty NAR cannot be valid
-		sp.parser = newNarStream()
-	}
-	l, err := sp.parser.finish()
-	if err != nil {
-		return err, nil // the bytes that match NarHash do not parse
-	}
-	if p := listingDiff(l.Root, sp.listing.Root, ""); p != "" {
-		return fmt.Errorf("NAR entry %q differs from the listing that was served", p), nil
-	}
-	return nil, nil
+	return nil
 }
 
-// listingDiff returns the path of the first entry where a and b differ, or
-// "" when they are equal.
-func listingDiff(a, b *narindex.ListingNode, path string) string {
-	if a.Type != b.Type || a.Executable != b.Executable || a.Target != b.Target ||
-		a.Size != b.Size || a.NarOffset != b.NarOffset || len(a.Entries) != len(b.Entries) {
-		return "/" + path
-	}
-	for name, ca := range a.Entries {
-		cb, ok := b.Entries[name]
-		if !ok {
-			return "/" + path + "/" + name
-		}
-		if p := listingDiff(ca, cb, path+"/"+name); p != "" {
-			return p
-		}
-	}
-	return ""
-}
-
-// quarantine makes every later open and read of the store path fail and
-// drops what caches hold of it.
-func (sp *storePath) quarantine(reason error) {
-	if !sp.state.CompareAndSwap(unverified, quarantined) {
-		return
-	}
-	sp.fs.Stats.Quarantined.Add(1)
-	sp.fs.log.Error("store path quarantined", "path", sp.base, "cid", sp.cid, "reason", reason)
-	if sp.fs.cfg.Evict != nil {
+// onQuarantine does what follows a quarantine: count, log, drop the
+// path's blocks and local copies, and make the kernel forget everything
+// it cached of the path. reading (may be nil) is skipped for its pages,
+// which the kernel holds locked until the failing read is answered.
+func (sp *storePath) onQuarantine(reason error, reading *fs.Inode) {
+	f := sp.fs
+	f.Stats.Quarantined.Add(1)
+	f.log.Error("store path quarantined", "path", sp.base, "cid", sp.cid, "reason", reason)
+	if f.cfg.Evict != nil {
 		for _, c := range sp.nar.KnownBlocks() {
-			sp.fs.cfg.Evict(c)
+			f.cfg.Evict(c)
 		}
 	}
-	if sp.fs.files != nil {
-		sp.fs.files.drop(sp.copiesKey)
+	if f.files != nil {
+		f.files.drop(sp.copiesKey)
 	}
+	f.forget(sp.base, reading)
 }
 
 // ctxReaderAt gives a fetch.File the io.ReaderAt shape with a fixed context.
@@ -423,82 +307,4 @@ type ctxReaderAt struct {
 
 func (r ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return r.f.ReadAt(r.ctx, p, off)
-}
-
-// coverage is the set of byte ranges of one file served so far, as sorted,
-// disjoint, non-adjacent spans.
-type coverage struct {
-	spans []span
-	done  bool
-}
-
-type span struct{ lo, hi int64 }
-
-// add records [lo, hi) and reports whether [0, size) is now covered.
-func (c *coverage) add(lo, hi, size int64) bool {
-	i := sort.Search(len(c.spans), func(i int) bool { return c.spans[i].hi >= lo })
-	j := i
-	for j < len(c.spans) && c.spans[j].lo <= hi {
-		lo, hi = min(lo, c.spans[j].lo), max(hi, c.spans[j].hi)
-		j++
-	}
-	c.spans = append(c.spans[:i], append([]span{{lo, hi}}, c.spans[j:]...)...)
-	if len(c.spans) == 1 && c.spans[0].lo <= 0 && c.spans[0].hi >= size {
-		c.done = true
-		c.spans = nil
-	}
-	return c.done
-}
-
-// seekBuffer reads an io.ReaderAt as an io.ReadSeeker through a buffer, so
-// that a NAR parser's many small token reads become few block reads while
-// its seeks over file contents still skip them.
-type seekBuffer struct {
-	ra     io.ReaderAt
-	size   int64
-	pos    int64
-	buf    []byte
-	bufOff int64
-}
-
-func newSeekBuffer(ra io.ReaderAt, size int64) *seekBuffer {
-	return &seekBuffer{ra: ra, size: size, buf: make([]byte, 0, 64<<10)}
-}
-
-func (s *seekBuffer) Read(p []byte) (int, error) {
-	if s.pos >= s.size {
-		return 0, io.EOF
-	}
-	if s.pos < s.bufOff || s.pos >= s.bufOff+int64(len(s.buf)) {
-		n := min(int64(cap(s.buf)), s.size-s.pos)
-		s.buf = s.buf[:n]
-		m, err := s.ra.ReadAt(s.buf, s.pos)
-		s.buf, s.bufOff = s.buf[:m], s.pos
-		if m == 0 {
-			if err == nil {
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, err
-		}
-	}
-	n := copy(p, s.buf[s.pos-s.bufOff:])
-	s.pos += int64(n)
-	return n, nil
-}
-
-func (s *seekBuffer) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		off += s.pos
-	case io.SeekEnd:
-		off += s.size
-	default:
-		return 0, errors.New("seekBuffer: bad whence")
-	}
-	if off < 0 {
-		return 0, errors.New("seekBuffer: negative position")
-	}
-	s.pos = off
-	return off, nil
 }

@@ -202,10 +202,10 @@ func (c *Checker) NoteRead(n *narindex.ListingNode, off, end int64) bool {
 
 // Verify checks the whole NAR: it reads (through read) whatever streaming
 // did not bring, compares the hash with NarHash and the parsed listing
-// with the served one. It returns nil once verified; ErrQuarantined (and
-// now=true for the one call that decided it) when the NAR is not what was
-// promised; any other error when it could not be read, in which case the
-// progress is kept for the next call.
+// with the served one. It returns nil once verified, ErrQuarantined when
+// the NAR is not what was promised, and any other error when it could not
+// be read, in which case the progress is kept for the next call. now is
+// true for the one call that decided (verified or quarantined).
 func (c *Checker) Verify(ctx context.Context, read ReadAtFunc) (now bool, err error) {
 	c.verifyMu.Lock()
 	defer c.verifyMu.Unlock()
@@ -229,7 +229,7 @@ func (c *Checker) Verify(ctx context.Context, read ReadAtFunc) (now bool, err er
 	c.mu.Lock()
 	c.covered = nil
 	c.mu.Unlock()
-	return false, nil
+	return true, nil
 }
 
 // Quarantine marks the path bad for a reason found elsewhere (a local

@@ -98,8 +98,11 @@ func TestVerifyStreamedInOrder(t *testing.T) {
 			t.Fatalf("NoteRead of file %d/%d reported %v", i+1, len(files), last)
 		}
 	}
-	if now, err := c.Verify(context.Background(), failRead(t)); err != nil || now {
+	if now, err := c.Verify(context.Background(), failRead(t)); err != nil || !now {
 		t.Fatalf("Verify = %v, %v", now, err)
+	}
+	if now, err := c.Verify(context.Background(), failRead(t)); err != nil || now {
+		t.Fatalf("second Verify = %v, %v", now, err)
 	}
 	if c.State() != Verified {
 		t.Fatalf("state %v", c.State())
