@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"time"
 
-	blocks "github.com/ipfs/go-block-format"
 	"github.com/hashicorp/golang-lru/v2/expirable"
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/singleflight"
 
@@ -68,7 +68,7 @@ const (
 	defaultReadahead = 8 << 20
 	defaultWorkers   = 8
 	// Files up to this size are fetched whole when opened.
-	smallFileBytes = 512 << 10
+	smallFileBytes       = 512 << 10
 	defaultListingMemory = 256 << 20
 	// rejectedTTL is how long a store path refused at load (bad CID, DAG
 	// shape, NAR that does not match) is remembered as refused.
@@ -88,6 +88,7 @@ type Stats struct {
 	VerifiedWhole       atomic.Int64 // store paths verified whole before shown (no trusted IpfsCidSig)
 	LocalCopiesChecked  atomic.Int64 // directories of local copies from an earlier run found intact
 	LocalCopiesDropped  atomic.Int64 // directories of local copies dropped because a check failed
+	ListingsDropped     atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
 }
 
 // FS is the state of one mount: every node points to it.
@@ -103,7 +104,8 @@ type FS struct {
 	paths map[string]*storePath // accepted store paths by basename
 	next  uint32                // last store-path index handed out
 
-	rootGen atomic.Uint32 // bumped when a store path is added
+	rootGen      atomic.Uint32 // bumped when a store path is added or dropped
+	listingBytes atomic.Int64  // estimated memory of the listings held
 
 	// opens is whether OPEN is worth a round trip: only to hand the kernel
 	// a local copy for passthrough. Otherwise the first OPEN is answered

@@ -35,7 +35,14 @@ type entryNode struct {
 	ordinal uint32
 }
 
-type dirNode struct{ entryNode }
+type dirNode struct {
+	entryNode
+	// ents is the sorted listing, built once: with OPENDIR answered
+	// ENOSYS every READDIR(PLUS) of a few dozen entries asks for the
+	// directory again, and sorting a large one each time made listing it
+	// quadratic.
+	ents atomic.Pointer[[]fuse.DirEntry]
+}
 type fileNode struct {
 	entryNode
 	prefetched atomic.Bool // a small file is fetched whole on its first open only
@@ -71,6 +78,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return nil, syscall.EIO
 	}
 	r.fsys.Stats.Lookups.Add(1)
+	sp.touch()
 	return sp.newInode(ctx, &r.Inode, sp.listing.Root, out), 0
 }
 
@@ -117,7 +125,7 @@ func (sp *storePath) newInode(ctx context.Context, parent *fs.Inode, ln *narinde
 	var node fs.InodeEmbedder
 	switch ln.Type {
 	case narindex.TypeDirectory:
-		node = &dirNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
+		node = &dirNode{entryNode: entryNode{sp: sp, ln: ln, ordinal: ord}}
 	case narindex.TypeSymlink:
 		node = &symlinkNode{entryNode{sp: sp, ln: ln, ordinal: ord}}
 	default:
@@ -160,6 +168,14 @@ func (sp *storePath) fillAttr(ln *narindex.ListingNode, ord uint32, a *fuse.Attr
 	}
 }
 
+// OnForget: when the kernel forgets a store path's top inode, the path's
+// listing may be dropped (see listings.go).
+func (n *entryNode) OnForget() {
+	if n.ln == n.sp.listing.Root {
+		n.sp.fs.forgotten(n.sp)
+	}
+}
+
 func (n *entryNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if n.sp.quarantined() {
 		return syscall.EIO
@@ -198,12 +214,16 @@ func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandl
 }
 
 func (d *dirNode) entries() []fuse.DirEntry {
+	if e := d.ents.Load(); e != nil {
+		return *e
+	}
 	names := sortedNames(d.ln)
 	out := make([]fuse.DirEntry, len(names))
 	for i, name := range names {
 		c := d.ln.Entries[name]
 		out[i] = fuse.DirEntry{Name: name, Mode: modeOf(c), Ino: ino(d.sp.index, d.sp.ordinals[c])}
 	}
+	d.ents.Store(&out)
 	return out
 }
 
@@ -294,6 +314,7 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if sp.quarantined() {
 		return nil, syscall.EIO
 	}
+	sp.touch()
 	size := f.ln.Size
 	if off >= size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -41,6 +42,10 @@ type storePath struct {
 
 	// copiesKey names the local copies' directory: the NarHash in nix32.
 	copiesKey string
+
+	bytes    int64        // estimated memory of the listing (see listings.go)
+	lastUse  atomic.Int64 // unix nanoseconds
+	dropping atomic.Bool  // offered back to the kernel to free its listing
 }
 
 func (sp *storePath) state() integrity.State { return sp.chk.State() }
@@ -82,6 +87,10 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 		f.next++
 		sp.index = f.next
 		f.paths[base] = sp
+		sp.touch()
+		if f.listingBytes.Add(sp.bytes) > f.cfg.ListingMemory {
+			go f.trimListings()
+		}
 		// The kernel keeps the root's listing (directories are cached
 		// without asking, see noOpendir). A new root mtime, fetched again
 		// once the notification has dropped the root's attributes, makes
@@ -158,6 +167,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if err := sp.number(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
 	}
+	sp.bytes = estimateListing(sp.listing)
 	if f.files != nil {
 		f.files.check(sp.copiesKey) // local copies from an earlier run, if any
 	}
