@@ -50,6 +50,12 @@ type Config struct {
 	FilesDir   string
 	FilesQuota int64
 	Log        *slog.Logger
+	// ReadTimeout bounds one whole read or lookup (0: the package default).
+	ReadTimeout time.Duration
+	// MaxEntries caps the entries of one store path's listing (0: default).
+	MaxEntries int
+	// ListingMemory bounds the bytes of listings kept in memory (0: default).
+	ListingMemory int64
 }
 
 // Defaults for Config.
