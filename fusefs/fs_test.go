@@ -105,15 +105,35 @@ type env struct {
 	mem   *cache.Memory
 }
 
-func requireFuse(t *testing.T) {
+// requireFuse skips a test that needs to mount when this machine cannot,
+// or fails it when IPNIX_REQUIRE_INTEGRATION=1 (CI): there a missing
+// /dev/fuse must not pass for a green run.
+func requireFuse(t testing.TB) {
 	t.Helper()
+	requireMount(t, fuseMissing(), os.Getenv("IPNIX_REQUIRE_INTEGRATION") == "1")
+}
+
+// fuseMissing names what this machine lacks to mount ("" if nothing).
+func fuseMissing() string {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		return "/dev/fuse"
 	}
 	if os.Geteuid() != 0 {
 		if _, err := exec.LookPath("fusermount3"); err != nil {
-			t.Skip("not root and no fusermount3")
+			return "fusermount3 (not root)"
 		}
+	}
+	return ""
+}
+
+func requireMount(t testing.TB, missing string, required bool) {
+	t.Helper()
+	switch {
+	case missing == "":
+	case required:
+		t.Fatalf("cannot mount: no %s, and IPNIX_REQUIRE_INTEGRATION=1", missing)
+	default:
+		t.Skipf("cannot mount: no %s", missing)
 	}
 }
 

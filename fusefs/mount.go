@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,22 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	srv, err := newServer(dir, f, o)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		srv.Unmount()
+		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
+	}
+	setReadahead(dir, maxRequest)
+	return srv, nil
+}
+
+// newServer mounts f at the absolute path dir and answers the kernel's
+// INIT, but serves nothing else until the caller runs Serve.
+func newServer(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 	if err := clearStaleMount(dir); err != nil {
 		return nil, err
 	}
@@ -52,13 +69,22 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 		name = "ipnix"
 	}
 	entry, negative := immutableTimeout, rootNegativeTimeout
+	kernelOpts := []string{"ro", "default_permissions"}
+	for _, opt := range o.Options {
+		if !slices.Contains(kernelOpts, opt) {
+			kernelOpts = append(kernelOpts, opt)
+		}
+	}
 	opts := &fs.Options{
 		EntryTimeout:    &entry,
 		AttrTimeout:     &entry,
 		NegativeTimeout: &negative,
 		MountOptions: fuse.MountOptions{
-			AllowOther:           o.AllowOther,
-			Options:              append([]string{"ro"}, o.Options...),
+			AllowOther: o.AllowOther,
+			// default_permissions: the kernel checks modes itself, as
+			// on a native filesystem (go-fuse's ACCESS lets root
+			// execute anything, so "test -x" said yes for 0444).
+			Options:              kernelOpts,
 			FsName:               name,
 			Name:                 "ipnix",
 			MaxWrite:             maxRequest,
@@ -70,22 +96,25 @@ func Mount(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 			Debug:       o.Debug,
 		},
 	}
-	raw := &noOpendir{fs.NewNodeFS(f.Root(), opts)}
+	raw := &noOpendir{RawFileSystem: fs.NewNodeFS(f.Root(), opts)}
+	// Whether OPEN is wanted is settled from the INIT exchange before any
+	// other request is served: an OPEN answered ENOSYS while undecided
+	// would turn opens, and so passthrough, off for the mount's life.
+	raw.onInit = func(s *fuse.Server) {
+		f.opens.Store(wantOpens(f.files != nil, o.NoPassthrough, os.Geteuid() == 0, s.KernelSettings().Flags64()))
+	}
 	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
 	}
-	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		srv.Unmount()
-		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
-	}
-	setReadahead(dir, maxRequest)
-	// Backing files for passthrough need a kernel that offers it and
-	// CAP_SYS_ADMIN.
-	f.opens.Store(f.files != nil && !o.NoPassthrough && os.Geteuid() == 0 &&
-		srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0)
 	return srv, nil
+}
+
+// wantOpens decides whether OPEN is worth a round trip (see FS.opens): only
+// to hand out local copies for passthrough, which needs a copies
+// directory, a kernel that offers it, and CAP_SYS_ADMIN.
+func wantOpens(haveFiles, noPassthrough, root bool, kernelFlags uint64) bool {
+	return haveFiles && !noPassthrough && root && kernelFlags&fuse.CAP_PASSTHROUGH != 0
 }
 
 // clearStaleMount unmounts dir if it is a FUSE mount whose server has gone

@@ -15,8 +15,21 @@ import (
 // READDIR(PLUS), which now arrives without one, gets a handle of its own
 // for the length of the request and seeks it to the requested offset.
 // Listings never change, so the offsets agree across handles.
+//
+// It also runs onInit once the kernel's INIT has been answered and before
+// any other request is read (go-fuse calls Init at that point), so that
+// choices depending on what the kernel offers are made before the first
+// request that depends on them.
 type noOpendir struct {
 	fuse.RawFileSystem
+	onInit func(*fuse.Server)
+}
+
+func (r *noOpendir) Init(s *fuse.Server) {
+	r.RawFileSystem.Init(s)
+	if r.onInit != nil {
+		r.onInit(s)
+	}
 }
 
 func (r *noOpendir) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {

@@ -8,6 +8,12 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 .ci/install-deps
 
+# Everything the demo builds comes from this machine: no Nix command here
+# (nor the ones ipnix publish runs) needs an outside substituter, and on a
+# machine without internet asking cache.nixos.org costs seconds of retries.
+export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
+}substituters ="
+
 work=$(mktemp -d /tmp/ipnix-demo.XXXXXX)
 daemon_pid= mount_pid=
 cleanup() {

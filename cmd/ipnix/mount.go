@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -23,61 +25,92 @@ import (
 	"github.com/ipnix/ipnix/narindex"
 )
 
-// memoryHeadroom is what the mount process may use beside its block cache:
-// in-flight blocks, parsed DAG nodes, listings, FUSE buffers.
+// memoryHeadroom is what the mount process may use beside its block cache
+// and its listings: in-flight blocks, parsed DAG nodes, FUSE buffers.
 const memoryHeadroom = 64 << 20
+
+// Defaults of the mount flags.
+const (
+	defaultMemoryCache   = 64 << 20
+	defaultCacheSize     = 10 << 30
+	defaultReadahead     = 8 << 20
+	defaultReadTimeout   = 30 * time.Second
+	defaultBlockTimeout  = 10 * time.Second
+	defaultMaxEntries    = 1_000_000
+	defaultListingMemory = 256 << 20
+)
 
 // mountConfig is everything `ipnix mount` is told, from flags and -o.
 type mountConfig struct {
-	MountPoint    string
-	Substituters  []string
-	TrustedKeys   []string
-	API           string
-	Gateways      []string
-	MemoryCache   int64
-	CacheDir      string
-	CacheSize     int64
-	Readahead     int64
-	BatchFetch    bool
-	NoPassthrough bool
-	NoRequireSigs bool
-	BlockTimeout  time.Duration
-	Metrics       string
-	Debug         bool
-	AllowOther    bool
-	KernelOptions []string
+	MountPoint         string
+	Substituters       []string
+	TrustedKeys        []string
+	API                string
+	Gateways           []string
+	MemoryCache        int64
+	CacheDir           string
+	CacheSize          int64
+	Readahead          int64
+	BatchFetch         bool
+	NoPassthrough      bool
+	NoRequireSigs      bool
+	RequireCidSig      bool
+	ReadTimeout        time.Duration
+	BlockTimeout       time.Duration
+	MaxEntries         int
+	ListingMemory      int64
+	Metrics            string
+	MetricsAllowRemote bool
+	Debug              bool
+	AllowOther         bool
+	KernelOptions      []string
 }
 
 const mountSynopsis = `Usage: ipnix mount [flags] [SOURCE] MOUNTPOINT
 
 Serve a read-only Nix store at MOUNTPOINT. <MOUNTPOINT>/<hash>-<name> appears
 when looked up, once its narinfo is found in a substituter, signed by a
-trusted key and carries an IpfsCid; its files are fetched from IPFS block by
-block when read, each block checked against its CID, and the whole NAR checked
-against the signed NarHash once every file has been read. Runs in the
-foreground; SIGINT or SIGTERM unmounts. SOURCE is ignored (mount(8) passes one).
+trusted key and carries an IpfsCid. A path whose IpfsCidSig (by a trusted
+key) covers its CID and listing is served lazily: its files are fetched from
+IPFS block by block when read, each block checked against the signed CID.
+Any other path is fetched whole and checked against the signed NarHash
+before anything of it is shown (or refused, with --require-cid-sig). Runs in
+the foreground; SIGINT or SIGTERM unmounts. SOURCE is ignored (mount(8)
+passes one).
 
 Example:
   ipnix mount --substituter file:///srv/cache \
     --trusted-public-key "$(cat cache.pub)" /mnt/ipnix
 `
 
+// notOptions are the flags that -o does not set.
+var notOptions = map[string]bool{"option": true, "help": true}
+
 func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
-	c := &mountConfig{MemoryCache: 64 << 20, CacheSize: 10 << 30, Readahead: 8 << 20}
+	c := &mountConfig{}
 	fs := newFlagSet("mount", mountSynopsis, out)
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
+	c.MemoryCache = defaultMemoryCache
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (verified blocks, and local copies of verified files for FUSE passthrough); none if empty")
+	c.CacheSize = defaultCacheSize
 	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk cache may hold")
+	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
-	fs.DurationVar(&c.BlockTimeout, "block-timeout", fetch.DefaultBlockTimeout, "longest wait for one block before the read fails with EIO")
-	fs.StringVar(&c.Metrics, "metrics", "", "serve counters over HTTP on this loopback address, e.g. 127.0.0.1:9464 (/metrics, Prometheus text)")
+	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key (without it such paths are fetched whole and checked against NarHash before anything of them is served)")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaultReadTimeout, "longest time one read or lookup may take, whatever the DAG depth, sources and retries, before it fails with EIO")
+	fs.DurationVar(&c.BlockTimeout, "block-timeout", defaultBlockTimeout, "longest wait for one block from one source before the next source is tried")
+	fs.IntVar(&c.MaxEntries, "max-entries", defaultMaxEntries, "most entries a store path's listing may have; larger store paths are refused")
+	c.ListingMemory = defaultListingMemory
+	fs.Var(sizeValue{&c.ListingMemory}, "listing-memory", "bytes of parsed listings kept in memory; listings of idle store paths are dropped and fetched again")
+	fs.StringVar(&c.Metrics, "metrics", "", "serve counters (/metrics, Prometheus text) and Go profiles (/debug/pprof) over HTTP on this address, e.g. 127.0.0.1:9464; only loopback addresses unless --metrics-allow-remote")
+	fs.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics listen on a non-loopback address (anyone who can reach it can read the counters and profile the process)")
 	opts := fs.StringArrayP("option", "o", nil, "mount options as mount(8) passes them: opt,opt=value,... (see below)")
 	fs.BoolVar(&c.Debug, "debug", false, "log debug messages and every FUSE request")
 	fs.Usage = func() {
@@ -90,7 +123,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 		return nil, usageError{err}
 	}
 	for _, o := range *opts {
-		if err := c.applyOptions(o); err != nil {
+		if err := c.applyOptions(fs, o); err != nil {
 			return nil, usageError{err}
 		}
 	}
@@ -102,100 +135,137 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	default:
 		return nil, usageError{fmt.Errorf("mount needs exactly one MOUNTPOINT (got %d arguments)", fs.NArg())}
 	}
-	if len(c.Substituters) == 0 {
-		return nil, usageError{errors.New("no --substituter given: where should narinfos come from?")}
-	}
-	if len(c.TrustedKeys) == 0 && !c.NoRequireSigs {
-		return nil, usageError{errors.New("no --trusted-public-key given; signatures are required (pass --no-require-sigs to accept unsigned narinfos)")}
-	}
-	if c.BlockTimeout <= 0 {
-		return nil, usageError{fmt.Errorf("--block-timeout %v must be positive", c.BlockTimeout)}
+	if err := c.check(); err != nil {
+		return nil, usageError{err}
 	}
 	return c, nil
 }
 
+// check refuses settings that cannot work together.
+func (c *mountConfig) check() error {
+	switch {
+	case len(c.Substituters) == 0:
+		return errors.New("no --substituter given: where should narinfos come from?")
+	case len(c.TrustedKeys) == 0 && !c.NoRequireSigs:
+		return errors.New("no --trusted-public-key given; signatures are required (pass --no-require-sigs to accept unsigned narinfos)")
+	case len(c.TrustedKeys) == 0 && c.RequireCidSig:
+		return errors.New("--require-cid-sig needs a --trusted-public-key to check IpfsCidSig against")
+	case c.BlockTimeout <= 0:
+		return fmt.Errorf("--block-timeout %v must be positive", c.BlockTimeout)
+	case c.ReadTimeout <= 0:
+		return fmt.Errorf("--read-timeout %v must be positive", c.ReadTimeout)
+	case c.ReadTimeout < c.BlockTimeout:
+		return fmt.Errorf("--read-timeout %v is shorter than --block-timeout %v: a read could never wait for one block", c.ReadTimeout, c.BlockTimeout)
+	case c.MaxEntries <= 0:
+		return fmt.Errorf("--max-entries %d must be positive", c.MaxEntries)
+	case c.ListingMemory <= 0:
+		return fmt.Errorf("--listing-memory %d must be positive", c.ListingMemory)
+	}
+	if c.Metrics != "" && !c.MetricsAllowRemote {
+		if err := checkLoopback(c.Metrics); err != nil {
+			return fmt.Errorf("--metrics %q: %w; the endpoint also serves /debug/pprof, so pass --metrics-allow-remote (-o metrics-allow-remote) to expose it anyway", c.Metrics, err)
+		}
+	}
+	for _, k := range c.TrustedKeys {
+		if _, err := parseTrustedKey(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLoopback accepts host:port addresses that only loopback can reach:
+// 127.0.0.0/8, ::1 and localhost. An empty host means every interface.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("not host:port: %w", err)
+	}
+	if strings.EqualFold(host, "localhost") {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	if host == "" {
+		return errors.New("an empty host listens on every interface, not only loopback")
+	}
+	return fmt.Errorf("%q is not a loopback address (127.0.0.0/8, ::1 or localhost)", host)
+}
+
+// parseTrustedKey parses a --trusted-public-key. Its errors name the key by
+// its name part only: a secret key pasted here by mistake must not end up
+// in a log or a terminal scrollback.
+func parseTrustedKey(s string) (narindex.PublicKey, error) {
+	pk, err := narindex.ParsePublicKey(s)
+	if err == nil {
+		return pk, nil
+	}
+	name, b64, ok := strings.Cut(strings.TrimSpace(s), ":")
+	if !ok || name == "" || b64 == "" {
+		return pk, errors.New("--trusted-public-key: not a public key: want name:base64, as in the .pub file nix-store --generate-binary-cache-key writes")
+	}
+	raw, decErr := base64.StdEncoding.DecodeString(b64)
+	switch {
+	case decErr != nil:
+		return pk, fmt.Errorf("--trusted-public-key %q: the part after the name is not base64", name)
+	case len(raw) == ed25519.PrivateKeySize:
+		return pk, fmt.Errorf("--trusted-public-key %q: this looks like a secret key (%d bytes); give the public key instead (the .pub file, or nix key convert-secret-to-public), and keep the secret one secret", name, len(raw))
+	default:
+		return pk, fmt.Errorf("--trusted-public-key %q: the key is %d bytes, want %d", name, len(raw), ed25519.PublicKeySize)
+	}
+}
+
 const mountOptionsHelp = `Mount options (-o), as in fstab:
-  substituter=URL, trusted-public-key=KEY, api=ADDR, gateway=URL, memory-cache=SIZE,
-  cache-dir=DIR, cache-size=SIZE,
-  readahead=SIZE, block-timeout=DURATION, metrics=ADDR
-                     the flags of the same name (substituter and trusted-public-key
-                     may repeat; use ';' inside one value is not supported)
-  no-require-sigs, batch-fetch, no-passthrough
-                     as the flags; require-sigs undoes no-require-sigs
-  debug              as --debug
+  NAME=VALUE         any flag above that takes a value, e.g. substituter=URL,
+                     trusted-public-key=KEY, memory-cache=SIZE, read-timeout=30s,
+                     listing-memory=SIZE, metrics=ADDR (substituter, gateway and
+                     trusted-public-key may repeat; ',' inside a value is not
+                     supported)
+  NAME               any flag above that takes no value, e.g. no-require-sigs,
+                     require-cid-sig, batch-fetch, no-passthrough,
+                     metrics-allow-remote, debug
+  require-sigs       undoes no-require-sigs
   allow_other        let every user read the mount (needed for a /nix/store overlay)
   default_permissions, nosuid, nodev, noexec, exec, suid, dev
-                     passed to the kernel
+                     passed to the kernel (default_permissions always is: the
+                     kernel checks modes itself)
   ro                 accepted (the mount is always read-only); rw is refused
   _netdev, nofail, noauto, auto, user, users, defaults
                      fstab-only words, ignored
 `
 
-// applyOptions applies one -o argument: comma-separated words.
-func (c *mountConfig) applyOptions(s string) error {
+// applyOptions applies one -o argument: comma-separated words. A word
+// named after a flag sets that flag through fs, so both spellings share one
+// definition.
+func (c *mountConfig) applyOptions(fs *pflag.FlagSet, s string) error {
 	for _, o := range strings.Split(s, ",") {
 		if o == "" {
 			continue
 		}
 		key, val, hasVal := strings.Cut(o, "=")
-		need := func() error {
-			if !hasVal || val == "" {
+		if f := fs.Lookup(key); f != nil && !notOptions[key] {
+			if !hasVal {
+				if f.NoOptDefVal == "" {
+					return fmt.Errorf("mount option %q needs a value (%s=...)", key, key)
+				}
+				val = f.NoOptDefVal
+			} else if val == "" && f.NoOptDefVal == "" {
 				return fmt.Errorf("mount option %q needs a value (%s=...)", key, key)
 			}
-			return nil
+			if err := fs.Set(key, val); err != nil {
+				// The value may be a key: name the option, and the
+				// value only when it cannot be one.
+				if key == "trusted-public-key" {
+					return fmt.Errorf("mount option %q: %w", key, err)
+				}
+				return fmt.Errorf("mount option %q: %w", o, err)
+			}
+			continue
 		}
-		var err error
 		switch key {
-		case "substituter":
-			if err = need(); err == nil {
-				c.Substituters = append(c.Substituters, val)
-			}
-		case "trusted-public-key":
-			if err = need(); err == nil {
-				c.TrustedKeys = append(c.TrustedKeys, val)
-			}
-		case "api":
-			if err = need(); err == nil {
-				c.API = val
-			}
-		case "gateway":
-			if err = need(); err == nil {
-				c.Gateways = append(c.Gateways, val)
-			}
-		case "memory-cache":
-			if err = need(); err == nil {
-				c.MemoryCache, err = parseSize(val)
-			}
-		case "cache-dir":
-			if err = need(); err == nil {
-				c.CacheDir = val
-			}
-		case "cache-size":
-			if err = need(); err == nil {
-				c.CacheSize, err = parseSize(val)
-			}
-		case "readahead":
-			if err = need(); err == nil {
-				c.Readahead, err = parseSize(val)
-			}
-		case "block-timeout":
-			if err = need(); err == nil {
-				c.BlockTimeout, err = time.ParseDuration(val)
-			}
-		case "metrics":
-			if err = need(); err == nil {
-				c.Metrics = val
-			}
-		case "batch-fetch":
-			c.BatchFetch = true
-		case "no-passthrough":
-			c.NoPassthrough = true
-		case "no-require-sigs":
-			c.NoRequireSigs = true
 		case "require-sigs":
 			c.NoRequireSigs = false
-		case "debug":
-			c.Debug = true
 		case "allow_other":
 			c.AllowOther = true
 		case "default_permissions", "nosuid", "nodev", "noexec", "exec", "suid", "dev":
@@ -204,10 +274,8 @@ func (c *mountConfig) applyOptions(s string) error {
 		case "rw":
 			return errors.New("mount option rw: ipnix mounts are read-only")
 		default:
-			return fmt.Errorf("unknown mount option %q", o)
-		}
-		if err != nil {
-			return fmt.Errorf("mount option %q: %w", o, err)
+			// The word only: a mistyped name may carry a key as value.
+			return fmt.Errorf("unknown mount option %q", key)
 		}
 	}
 	return nil
@@ -222,16 +290,18 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// Keep the process near its configured size: the cache holds large
 	// pointer-free byte slices, so a tighter GC costs little, while the
 	// default (heap may double before a collection) would let RSS reach
-	// twice the cache. GOMEMLIMIT, when set, wins.
+	// twice the cache. Listings have a budget of their own, so the limit
+	// covers both: a limit below what they may hold would have the GC run
+	// without end. GOMEMLIMIT, when set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(c.MemoryCache + memoryHeadroom)
+		debug.SetMemoryLimit(memoryLimit(c))
 	}
 
-	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs}
+	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs, RequireCidSig: c.RequireCidSig}
 	for _, k := range c.TrustedKeys {
-		pk, err := narindex.ParsePublicKey(k)
+		pk, err := parseTrustedKey(k)
 		if err != nil {
-			return usageError{fmt.Errorf("--trusted-public-key %q: %w", k, err)}
+			return usageError{err}
 		}
 		res.TrustedKeys = append(res.TrustedKeys, pk)
 	}
@@ -312,14 +382,17 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fetched.Bytes.Add(int64(len(b.RawData())))
 			mem.Put(b)
 		},
-		Log: log,
+		Log:           log,
+		ReadTimeout:   c.ReadTimeout,
+		MaxEntries:    c.MaxEntries,
+		ListingMemory: c.ListingMemory,
 	})
 	if err != nil {
 		return err
 	}
 	defer fsys.Close()
 	if c.Metrics != "" {
-		ln, err := net.Listen("tcp", c.Metrics)
+		ln, err := listenMetrics(c.Metrics, c.MetricsAllowRemote)
 		if err != nil {
 			return usageError{fmt.Errorf("--metrics %q: %w", c.Metrics, err)}
 		}
@@ -352,6 +425,26 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stderr, "ipnix: unmounted %s; fetched %d blocks, %d bytes\n", c.MountPoint, fetched.Blocks.Load(), fetched.Bytes.Load())
 	return nil
+}
+
+// memoryLimit is the soft limit for the Go heap: the block cache, the
+// listings' budget and room for everything else.
+func memoryLimit(c *mountConfig) int64 {
+	return c.MemoryCache + c.ListingMemory + memoryHeadroom
+}
+
+// listenMetrics listens on addr, and checks the address it got as well as
+// the one asked for: a name like localhost could resolve to anything.
+func listenMetrics(addr string, allowRemote bool) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !allowRemote && !tcp.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("listening on %s, which is not loopback (see --metrics-allow-remote)", tcp)
+	}
+	return ln, nil
 }
 
 // unmounter is the part of *fuse.Server unmountServer needs.
