@@ -368,26 +368,3 @@ func FuzzNarReader(f *testing.F) {
 		}
 	})
 }
-
-func FuzzParseListing(f *testing.F) {
-	f.Add([]byte(`{"version":1,"root":{"type":"directory","entries":{"d":{"type":"directory","entries":{"a":{"type":"regular","size":3,"executable":true,"narOffset":400}}},"e":{"type":"regular","size":0,"narOffset":624},"l":{"type":"symlink","target":"d/a"}}}}`))
-	f.Add([]byte(`{"version":1,"root":{"type":"regular","size":3,"narOffset":96}}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		l, err := ParseListing(data)
-		if err != nil {
-			return
-		}
-		out, err := l.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		l2, err := ParseListing(out)
-		if err != nil {
-			t.Fatalf("marshalled listing does not parse: %v\n%s", err, out)
-		}
-		out2, _ := l2.Marshal()
-		if !bytes.Equal(out, out2) {
-			t.Fatalf("round trip differs:\n%s\n%s", out, out2)
-		}
-	})
-}
