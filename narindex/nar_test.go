@@ -258,7 +258,8 @@ func dirWith(names ...string) []byte {
 	return b.Bytes()
 }
 
-func TestNarReaderRejectsMalformed(t *testing.T) {
+// malformedNARs gives invalid NARs by what is wrong with them.
+func malformedNARs() map[string][]byte {
 	valid := file(nb(), "hello").Bytes()
 	deep := nb()
 	for range MaxDepth + 1 {
@@ -292,6 +293,12 @@ func TestNarReaderRejectsMalformed(t *testing.T) {
 	for i := 1; i < len(valid); i += 7 {
 		cases["truncated at "+fmtInt(i)] = valid[:i]
 	}
+	return cases
+}
+
+func TestNarReaderRejectsMalformed(t *testing.T) {
+	valid := file(nb(), "hello").Bytes()
+	cases := malformedNARs()
 	for name, nar := range cases {
 		t.Run(name, func(t *testing.T) {
 			err := drain(NewNarReader(bytes.NewReader(nar)))
