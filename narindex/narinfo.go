@@ -71,17 +71,18 @@ type Field struct{ Key, Value string }
 func ParseNarInfo(data []byte) (*NarInfo, error) {
 	n, err := parseNarInfo(data)
 	if err != nil {
-		return nil, malformedNarInfo{err}
+		// The message already says "narinfo".
+		return nil, tag(ErrMalformedNarInfo, err)
 	}
 	return n, nil
 }
 
-// malformedNarInfo keeps a parse error's message (which already says
-// "narinfo") and adds ErrMalformedNarInfo to what it wraps.
-type malformedNarInfo struct{ err error }
+// tagged is an error that wraps a sentinel without repeating its text.
+type tagged struct{ sentinel, err error }
 
-func (e malformedNarInfo) Error() string   { return e.err.Error() }
-func (e malformedNarInfo) Unwrap() []error { return []error{ErrMalformedNarInfo, e.err} }
+func tag(sentinel, err error) error { return &tagged{sentinel, err} }
+func (e *tagged) Error() string     { return e.err.Error() }
+func (e *tagged) Unwrap() []error   { return []error{e.sentinel, e.err} }
 
 func parseNarInfo(data []byte) (*NarInfo, error) {
 	if len(data) > MaxNarInfoSize {

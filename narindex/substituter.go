@@ -38,8 +38,9 @@ type Substituter interface {
 	// than StoreDir is an error.
 	CacheInfo(ctx context.Context) (*CacheInfo, error)
 	// NarInfo fetches and parses <hashPart>.narinfo. The error wraps
-	// ErrNotFound when the cache does not have it; a narinfo for another
-	// store path is an error.
+	// ErrNotFound when the cache does not have it, ErrMalformedNarInfo
+	// when what it has is not a narinfo (or over MaxNarInfoSize), and
+	// ErrRejected when it describes a store path of another hash.
 	NarInfo(ctx context.Context, hashPart string) (*NarInfo, error)
 	// Listing fetches the raw bytes of <hashPart>.ls, or ErrNotFound.
 	Listing(ctx context.Context, hashPart string) ([]byte, error)
@@ -185,6 +186,9 @@ func (s *substituter) NarInfo(ctx context.Context, hashPart string) (*NarInfo, e
 		return nil, err
 	}
 	data, err := s.get(ctx, hashPart+".narinfo", MaxNarInfoSize)
+	if errors.Is(err, errTooLarge) {
+		return nil, tag(ErrMalformedNarInfo, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +197,7 @@ func (s *substituter) NarInfo(ctx context.Context, hashPart string) (*NarInfo, e
 		return nil, fmt.Errorf("%s/%s.narinfo: %w", s.url, hashPart, err)
 	}
 	if p, _ := n.Path(); p.Hash != hashPart {
-		return nil, fmt.Errorf("%s/%s.narinfo describes %s, not a path with hash %s", s.url, hashPart, n.StorePath, hashPart)
+		return nil, tag(ErrRejected, fmt.Errorf("%s/%s.narinfo describes %s, not a path with hash %s", s.url, hashPart, n.StorePath, hashPart))
 	}
 	return n, nil
 }
