@@ -384,15 +384,22 @@ func TestResolveRemembersRejections(t *testing.T) {
 // reason for each.
 func TestResolveRememberedBounded(t *testing.T) {
 	long := strings.Repeat("reason ", 10000)
-	sub := &anySubstituter{info: func(string) (*NarInfo, error) {
-		return nil, tag(ErrMalformedNarInfo, errors.New(long))
+	hash := func(i int) string { return EncodeNix32([]byte(fmt.Sprintf("%020d", i)))[:storeHashLen] }
+	longFor := map[string]bool{}
+	for i := 0; i < maxRemembered+10; i += 1000 {
+		longFor[hash(i)] = true
+	}
+	sub := &anySubstituter{info: func(h string) (*NarInfo, error) {
+		if longFor[h] {
+			return nil, tag(ErrMalformedNarInfo, errors.New(long))
+		}
+		return nil, tag(ErrMalformedNarInfo, errors.New("narinfo: empty"))
 	}}
 	r := &Resolver{Substituters: []Substituter{sub}}
 	ctx := context.Background()
 	var first string
 	for i := range maxRemembered + 10 {
-		h := EncodeNix32([]byte(fmt.Sprintf("%020d", i)))[:storeHashLen]
-		base := h + "-x"
+		base := hash(i) + "-x"
 		if i == 0 {
 			first = base
 		}
@@ -408,7 +415,7 @@ func TestResolveRememberedBounded(t *testing.T) {
 		longest = max(longest, len(v.msg))
 	}
 	r.mu.Unlock()
-	if n != maxRemembered || longest > maxRememberedMsg+3 {
+	if n != maxRemembered || longest > maxRememberedMsg+3 || longest < maxRememberedMsg {
 		t.Fatalf("%d paths remembered (limit %d), longest reason %d bytes", n, maxRemembered, longest)
 	}
 	// The oldest was forgotten and is asked for again.
