@@ -130,7 +130,7 @@ func (s *substituter) CacheInfo(ctx context.Context) (*CacheInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, err = parseCacheInfo(data)
+	info, err = ParseCacheInfo(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s/nix-cache-info: %w", s.url, err)
 	}
@@ -141,9 +141,10 @@ func (s *substituter) CacheInfo(ctx context.Context) (*CacheInfo, error) {
 	return &c, nil
 }
 
-// parseCacheInfo reads nix-cache-info as Nix does: "Key: value" lines,
-// unknown keys ignored, StoreDir (when given) must be StoreDir.
-func parseCacheInfo(data []byte) (*CacheInfo, error) {
+// ParseCacheInfo reads nix-cache-info as Nix does: "Key: value" lines,
+// unknown keys ignored, StoreDir (when given) must be exactly StoreDir
+// once surrounding white space is trimmed.
+func ParseCacheInfo(data []byte) (*CacheInfo, error) {
 	info := &CacheInfo{StoreDir: StoreDir, Priority: 50}
 	for _, line := range bytes.Split(data, []byte{'\n'}) {
 		key, value, ok := strings.Cut(string(line), ":")
