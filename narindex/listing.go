@@ -3,7 +3,6 @@ package narindex
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -18,6 +17,24 @@ const maxListingSize = 64 << 20
 type Listing struct {
 	Version int
 	Root    *ListingNode
+
+	entries int // counted by the parsers and builders; 0 when unknown
+}
+
+// Entries gives the number of entries (nodes, the root included).
+func (l *Listing) Entries() int {
+	if l.entries > 0 || l.Root == nil {
+		return l.entries
+	}
+	var count func(n *ListingNode) int
+	count = func(n *ListingNode) int {
+		c := 1
+		for _, e := range n.Entries {
+			c += count(e)
+		}
+		return c
+	}
+	return count(l.Root)
 }
 
 // ListingNode is one entry of a listing.
@@ -28,90 +45,6 @@ type ListingNode struct {
 	NarOffset  int64
 	Target     string
 	Entries    map[string]*ListingNode
-}
-
-// jsonNode is the form Nix writes; field order is Nix's.
-type jsonNode struct {
-	Type       string               `json:"type"`
-	Size       *int64               `json:"size,omitempty"`
-	Executable bool                 `json:"executable,omitempty"`
-	NarOffset  *int64               `json:"narOffset,omitempty"`
-	Target     *string              `json:"target,omitempty"`
-	Entries    map[string]*jsonNode `json:"entries,omitempty"`
-}
-
-type jsonListing struct {
-	Version int       `json:"version"`
-	Root    *jsonNode `json:"root"`
-}
-
-// ParseListing parses and checks a listing: version 1, known types, names
-// as NAR allows them, depth, non-negative numbers.
-func ParseListing(data []byte) (*Listing, error) {
-	if len(data) > maxListingSize {
-		return nil, fmt.Errorf("listing of %d bytes exceeds %d", len(data), maxListingSize)
-	}
-	var jl jsonListing
-	if err := json.Unmarshal(data, &jl); err != nil {
-		return nil, fmt.Errorf("listing: %w", err)
-	}
-	if jl.Version != 1 {
-		return nil, fmt.Errorf("listing: version %d, want 1", jl.Version)
-	}
-	if jl.Root == nil {
-		return nil, errors.New("listing: no root")
-	}
-	root, err := fromJSON(jl.Root, "", 0)
-	if err != nil {
-		return nil, fmt.Errorf("listing: %w", err)
-	}
-	return &Listing{Version: 1, Root: root}, nil
-}
-
-func fromJSON(j *jsonNode, path string, depth int) (*ListingNode, error) {
-	if j == nil {
-		return nil, fmt.Errorf("%q: null entry", path)
-	}
-	n := &ListingNode{}
-	switch j.Type {
-	case "regular":
-		n.Type = TypeRegular
-		if j.Size == nil || *j.Size < 0 {
-			return nil, fmt.Errorf("%q: regular file without a valid size", path)
-		}
-		if j.NarOffset == nil || *j.NarOffset <= 0 {
-			return nil, fmt.Errorf("%q: regular file without a valid narOffset", path)
-		}
-		n.Size, n.NarOffset, n.Executable = *j.Size, *j.NarOffset, j.Executable
-	case "symlink":
-		n.Type = TypeSymlink
-		if j.Target == nil || *j.Target == "" || len(*j.Target) > MaxTargetLen || strings.IndexByte(*j.Target, 0) >= 0 {
-			return nil, fmt.Errorf("%q: symlink without a valid target", path)
-		}
-		n.Target = *j.Target
-	case "directory":
-		n.Type = TypeDirectory
-		if depth >= MaxDepth {
-			return nil, fmt.Errorf("%q: directories nested deeper than %d", path, MaxDepth)
-		}
-		n.Entries = make(map[string]*ListingNode, len(j.Entries))
-		for name, c := range j.Entries {
-			if err := checkName(name); err != nil {
-				return nil, fmt.Errorf("%q: %v", path, err)
-			}
-			if len(name) > MaxNameLen {
-				return nil, fmt.Errorf("%q: entry name longer than %d bytes", path, MaxNameLen)
-			}
-			child, err := fromJSON(c, joinPath(path, name), depth+1)
-			if err != nil {
-				return nil, err
-			}
-			n.Entries[name] = child
-		}
-	default:
-		return nil, fmt.Errorf("%q: unknown type %q", path, j.Type)
-	}
-	return n, nil
 }
 
 func joinPath(dir, name string) string {
@@ -192,9 +125,22 @@ func writeNode(buf *bytes.Buffer, n *ListingNode) error {
 	return nil
 }
 
-// ListingFromNar builds the listing of the NAR in r. If r can seek, file
-// contents are skipped, so only header bytes are read.
+// ListingFromNar builds the listing of the NAR in r, with at most
+// MaxListingEntries entries; see ListingFromNarLimit.
 func ListingFromNar(r io.Reader) (*Listing, error) {
+	return ListingFromNarLimit(r, MaxListingEntries)
+}
+
+// ListingFromNarLimit builds the listing of the NAR in r. If r can seek,
+// file contents are skipped, so only header bytes are read. A NAR of more
+// than max entries (max <= 0 means MaxListingEntries) is refused with an
+// error wrapping ErrTooManyEntries as soon as the entry beyond the limit
+// is read. To build a listing from bytes handed over in pieces, use a
+// ListingBuilder.
+func ListingFromNarLimit(r io.Reader, max int) (*Listing, error) {
+	if max <= 0 {
+		max = MaxListingEntries
+	}
 	nr := NewNarReader(r)
 	l := &Listing{Version: 1}
 	dirs := map[string]*ListingNode{}
@@ -205,6 +151,9 @@ func ListingFromNar(r io.Reader) (*Listing, error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+		if l.entries++; l.entries > max {
+			return nil, tooManyEntries(max)
 		}
 		n := &ListingNode{Type: e.Type, Size: e.Size, Executable: e.Executable, NarOffset: e.Offset, Target: e.Target}
 		if e.Type != TypeRegular {

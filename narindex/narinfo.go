@@ -2,6 +2,7 @@ package narindex
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -25,8 +26,12 @@ const (
 // unknownDeriver is what old Nix versions wrote when the deriver was unknown.
 const unknownDeriver = "unknown-deriver"
 
+// ErrMalformedNarInfo is wrapped by every error of ParseNarInfo: the bytes
+// are not a narinfo this package accepts.
+var ErrMalformedNarInfo = errors.New("malformed narinfo")
+
 // NarInfo is a parsed .narinfo file: Nix's fields plus the ipnix fields
-// IpfsCid and IpfsCidSig. Fields that are absent are zero.
+// IpfsCid, IpfsLsHash and IpfsCidSig. Fields that are absent are zero.
 type NarInfo struct {
 	StorePath   string // full path in StoreDir
 	URL         string // of the (compressed) NAR, relative to the cache
@@ -41,6 +46,7 @@ type NarInfo struct {
 	Sigs        []string // "keyname:base64", in file order
 	CA          string   // content address, "fixed:..." or "text:..."
 	IpfsCid     string   // CIDv1 of a UnixFS file holding the NAR
+	IpfsLsHash  Hash     // sha256 of the .ls listing as published
 	IpfsCidSig  string   // "keyname:base64" over CidFingerprint
 	Extra       []Field  // fields this package does not know, in order
 
@@ -61,8 +67,24 @@ type Field struct{ Key, Value string }
 // be valid store paths; hashes and content addresses must parse. Where Nix
 // silently keeps the last of repeated fields, ParseNarInfo refuses a second
 // copy of any field except Sig and unknown ones. Input is limited to
-// MaxNarInfoSize bytes.
+// MaxNarInfoSize bytes. Every error wraps ErrMalformedNarInfo.
 func ParseNarInfo(data []byte) (*NarInfo, error) {
+	n, err := parseNarInfo(data)
+	if err != nil {
+		// The message already says "narinfo".
+		return nil, tag(ErrMalformedNarInfo, err)
+	}
+	return n, nil
+}
+
+// tagged is an error that wraps a sentinel without repeating its text.
+type tagged struct{ sentinel, err error }
+
+func tag(sentinel, err error) error { return &tagged{sentinel, err} }
+func (e *tagged) Error() string     { return e.err.Error() }
+func (e *tagged) Unwrap() []error   { return []error{e.sentinel, e.err} }
+
+func parseNarInfo(data []byte) (*NarInfo, error) {
 	if len(data) > MaxNarInfoSize {
 		return nil, fmt.Errorf("narinfo: %d bytes, more than the limit of %d", len(data), MaxNarInfoSize)
 	}
@@ -119,7 +141,7 @@ var singleFields = map[string]string{
 	"FileHash": "FileHash", "FileSize": "FileSize", "NarHash": "NarHash",
 	"NarSize": "NarSize", "References": "References", "Deriver": "Deriver",
 	"System": "System", "CA": "CA", "IpfsCid": "IpfsCid", "IPFSHash": "IpfsCid",
-	"IpfsCidSig": "IpfsCidSig",
+	"IpfsLsHash": "IpfsLsHash", "IpfsCidSig": "IpfsCidSig",
 }
 
 func (n *NarInfo) setField(key, value string, seen map[string]bool) error {
@@ -178,6 +200,8 @@ func (n *NarInfo) setField(key, value string, seen map[string]bool) error {
 			err = fmt.Errorf("invalid CID %q", value)
 		}
 		n.IpfsCid, n.LegacyIPFSHash = value, key == "IPFSHash"
+	case "IpfsLsHash":
+		n.IpfsLsHash, err = parseLsHash(value)
 	case "IpfsCidSig":
 		n.IpfsCidSig = value
 	default:
@@ -187,6 +211,16 @@ func (n *NarInfo) setField(key, value string, seen map[string]bool) error {
 		return fmt.Errorf("%s: %w", key, err)
 	}
 	return nil
+}
+
+// parseLsHash accepts only the form Marshal writes, "sha256:<nix32>": the
+// field is ipnix's own, and one spelling leaves nothing to interpret.
+func parseLsHash(s string) (Hash, error) {
+	h, err := ParseHash(s)
+	if err != nil || h.Algo != "sha256" || h.String() != s {
+		return Hash{}, fmt.Errorf("%.80q is not a hash of the form sha256:<nix32>", s)
+	}
+	return h, nil
 }
 
 func parseSize(s string) (uint64, error) {
@@ -228,7 +262,8 @@ func checkContentAddress(ca string) error {
 
 // Marshal writes n in the field order Nix 2.8 uses (StorePath, URL,
 // Compression, FileHash, FileSize, NarHash, NarSize, References, Deriver,
-// System, Sig..., CA), then IpfsCid, IpfsCidSig and the Extra fields.
+// System, Sig..., CA), then IpfsCid, IpfsLsHash, IpfsCidSig and the Extra
+// fields.
 // Empty optional fields are left out; References is always written, as Nix
 // does. A narinfo Nix wrote comes out byte for byte as it went in.
 func (n *NarInfo) Marshal() []byte {
@@ -274,6 +309,9 @@ func (n *NarInfo) Marshal() []byte {
 		} else {
 			line("IpfsCid", n.IpfsCid)
 		}
+	}
+	if !n.IpfsLsHash.IsZero() {
+		line("IpfsLsHash", n.IpfsLsHash.String())
 	}
 	if n.IpfsCidSig != "" {
 		line("IpfsCidSig", n.IpfsCidSig)
@@ -323,16 +361,41 @@ func (n *NarInfo) Fingerprint() (string, error) {
 		strconv.FormatUint(n.NarSize, 10) + ";" + strings.Join(uniq, ","), nil
 }
 
-// CidFingerprint is the string IpfsCidSig signs:
-// "ipnix-cid-1;<StorePath>;<NarHash>;<NarSize>;<IpfsCid>".
+// CidFingerprint is the string IpfsCidSig signs (version 2):
+// "ipnix-cid-2;<StorePath>;<NarHash>;<NarSize>;<IpfsCid>;<IpfsLsHash>",
+// IpfsLsHash as "sha256:<nix32>" or empty when there is none. It covers
+// what a client serves before it has the whole NAR: the CID every block is
+// checked against, and the digest of the listing that names the files.
 func (n *NarInfo) CidFingerprint() (string, error) {
+	prefix, err := n.cidFingerprintPrefix("ipnix-cid-2")
+	if err != nil {
+		return "", err
+	}
+	if !n.IpfsLsHash.IsZero() && (n.IpfsLsHash.Algo != "sha256" || len(n.IpfsLsHash.Digest) != 32) {
+		return "", fmt.Errorf("narinfo %s: IpfsLsHash %q is not a sha256 hash", n.StorePath, n.IpfsLsHash)
+	}
+	return prefix + ";" + n.IpfsLsHash.String(), nil
+}
+
+// cidFingerprintV1 is the retired version 1,
+// "ipnix-cid-1;<StorePath>;<NarHash>;<NarSize>;<IpfsCid>", which left the
+// listing unauthenticated. It is only recognised, never signed.
+func (n *NarInfo) cidFingerprintV1() (string, error) {
+	return n.cidFingerprintPrefix("ipnix-cid-1")
+}
+
+func (n *NarInfo) cidFingerprintPrefix(version string) (string, error) {
 	if err := n.checkFingerprintable(); err != nil {
 		return "", err
 	}
 	if n.IpfsCid == "" {
 		return "", fmt.Errorf("narinfo %s: no IpfsCid to sign", n.StorePath)
 	}
-	return "ipnix-cid-1;" + n.StorePath + ";" + n.NarHash.String() + ";" +
+	// A CID never holds ';'; refusing it keeps the fields apart.
+	if strings.ContainsAny(n.IpfsCid, "; \t\r\n") {
+		return "", fmt.Errorf("narinfo %s: IpfsCid %.80q is not a CID", n.StorePath, n.IpfsCid)
+	}
+	return version + ";" + n.StorePath + ";" + n.NarHash.String() + ";" +
 		strconv.FormatUint(n.NarSize, 10) + ";" + n.IpfsCid, nil
 }
 

@@ -2,6 +2,7 @@ package narindex
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -133,6 +134,7 @@ Sig: a:b
 Sig: c:d
 CA: fixed:r:sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4
 IpfsCid: bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi
+IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73
 IpfsCidSig: k:sig
 X-Custom: something: with colons
 Another: 
@@ -143,6 +145,7 @@ func TestNarInfoIpnixRoundTrip(t *testing.T) {
 		{"all fields", ipnixNarInfo},
 		{"legacy IPFSHash", strings.Replace(ipnixNarInfo, "IpfsCid: ", "IPFSHash: ", 1)},
 		{"unknown deriver", strings.Replace(ipnixNarInfo, "zhv625fvk8c7w3hwadyfv2dp43v13ld6-narindex-top.drv", "unknown-deriver", 1)},
+		{"no IpfsLsHash", strings.Replace(ipnixNarInfo, "IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n", "", 1)},
 		{"minimal", "StorePath: /nix/store/" + topBase + "\nURL: x\nNarHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\nNarSize: 1\nReferences: \n"},
 	} {
 		n, err := ParseNarInfo([]byte(tc.in))
@@ -163,10 +166,23 @@ func TestNarInfoIpnixRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(n.Extra, wantExtra) || n.System != "x86_64-linux" {
 		t.Errorf("Extra = %q, System %q", n.Extra, n.System)
 	}
+	if n.IpfsLsHash.String() != "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73" {
+		t.Errorf("IpfsLsHash = %q", n.IpfsLsHash)
+	}
 	fp, err := n.CidFingerprint()
-	want := "ipnix-cid-1;/nix/store/" + topBase + ";sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4;600;bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+	want := "ipnix-cid-2;/nix/store/" + topBase + ";sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4;600;bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi;sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
 	if err != nil || fp != want {
-		t.Errorf("CidFingerprint = %q, %v", fp, err)
+		t.Errorf("CidFingerprint = %q, %v\nwant %q", fp, err, want)
+	}
+	// Without a listing digest the last field is empty, not left out.
+	n.IpfsLsHash = Hash{}
+	fp, err = n.CidFingerprint()
+	if want := strings.TrimSuffix(want, "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"); err != nil || fp != want {
+		t.Errorf("CidFingerprint without IpfsLsHash = %q, %v\nwant %q", fp, err, want)
+	}
+	v1, err := n.cidFingerprintV1()
+	if want := "ipnix-cid-1;/nix/store/" + topBase + ";sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4;600;bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"; err != nil || v1 != want {
+		t.Errorf("v1 fingerprint = %q, %v", v1, err)
 	}
 }
 
@@ -227,6 +243,14 @@ func TestParseNarInfoRejects(t *testing.T) {
 		{"second NarHash", good + "NarHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\n", "second NarHash field"},
 		{"IpfsCid and IPFSHash", good + "IpfsCid: bafy\nIPFSHash: bafy\n", "second IPFSHash field"},
 		{"empty IpfsCid", good + "IpfsCid: \n", `IpfsCid: invalid CID ""`},
+		{"second IpfsLsHash", good + "IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\nIpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n", "second IpfsLsHash field"},
+		{"empty IpfsLsHash", good + "IpfsLsHash: \n", `IpfsLsHash: "" is not a hash`},
+		{"sha512 IpfsLsHash", good + "IpfsLsHash: sha512:" + nixHashVectors[9].nix32 + "\n", "IpfsLsHash:"},
+		{"sha1 IpfsLsHash", good + "IpfsLsHash: sha1:143xibwh31h9bvxzalr0sjvbbvpa6ffs\n", "IpfsLsHash:"},
+		{"hex IpfsLsHash", good + "IpfsLsHash: sha256:" + mustHash(t, "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73").Hex() + "\n", "sha256:<nix32>"},
+		{"SRI IpfsLsHash", good + "IpfsLsHash: " + mustHash(t, "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73").SRI() + "\n", "sha256:<nix32>"},
+		{"IpfsLsHash without type", good + "IpfsLsHash: 0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n", "sha256:<nix32>"},
+		{"IpfsLsHash bad character", good + "IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c7e\n", "IpfsLsHash:"},
 		{"StorePath outside store", strings.Replace(good, "/nix/store/", "/gnu/store/", 1), "not directly in the Nix store"},
 		{"StorePath bad name", strings.Replace(good, "-narindex-top\n", "-narindex top\n", 1), "illegal character ' '"},
 		{"full path in References", strings.Replace(good, "References: ", "References: /nix/store/", 1), "References:"},
@@ -243,6 +267,9 @@ func TestParseNarInfoRejects(t *testing.T) {
 		_, err := ParseNarInfo([]byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: ParseNarInfo gives error %.300v; want one containing %q", tc.name, err, tc.want)
+		}
+		if err != nil && !errors.Is(err, ErrMalformedNarInfo) {
+			t.Errorf("%s: error does not wrap ErrMalformedNarInfo: %v", tc.name, err)
 		}
 	}
 }
@@ -288,6 +315,16 @@ func TestFingerprintErrors(t *testing.T) {
 	if _, err := n.CidFingerprint(); err == nil || !strings.Contains(err.Error(), "no IpfsCid") {
 		t.Errorf("no CID: %v", err)
 	}
+	n, _ = ParseNarInfo([]byte(ipnixNarInfo))
+	n.IpfsCid = "bafy;sha256:x"
+	if _, err := n.CidFingerprint(); err == nil || !strings.Contains(err.Error(), "is not a CID") {
+		t.Errorf("CID with ';': %v", err)
+	}
+	n, _ = ParseNarInfo([]byte(ipnixNarInfo))
+	n.IpfsLsHash = mustHash(t, "sha1:143xibwh31h9bvxzalr0sjvbbvpa6ffs")
+	if _, err := n.CidFingerprint(); err == nil || !strings.Contains(err.Error(), "IpfsLsHash") {
+		t.Errorf("sha1 IpfsLsHash: %v", err)
+	}
 }
 
 func FuzzParseNarInfo(f *testing.F) {
@@ -296,12 +333,19 @@ func FuzzParseNarInfo(f *testing.F) {
 	}
 	f.Add([]byte(ipnixNarInfo))
 	f.Add([]byte(strings.Replace(ipnixNarInfo, "IpfsCid: ", "IPFSHash: ", 1)))
+	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\nNarSize: 1\nIpfsLsHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\n"))
 	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\nNarSize: 1\nDeriver: unknown-deriver\nX: y\n"))
 	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: md5:d41d8cd98f00b204e9800998ecf8427e\nNarSize: 01\nFileSize: 0\nReferences:  " + depBase + "  \nCA: text:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		n, err := ParseNarInfo(data)
 		if err != nil {
+			if !errors.Is(err, ErrMalformedNarInfo) {
+				t.Fatalf("error does not wrap ErrMalformedNarInfo: %v", err)
+			}
 			return
+		}
+		if !n.IpfsLsHash.IsZero() && (n.IpfsLsHash.Algo != "sha256" || len(n.IpfsLsHash.Digest) != 32) {
+			t.Fatalf("IpfsLsHash %q accepted", n.IpfsLsHash)
 		}
 		out := n.Marshal()
 		n2, err := ParseNarInfo(out)

@@ -124,7 +124,8 @@ func (n *NarInfo) Sign(k SecretKey) error {
 	return nil
 }
 
-// SignCid sets IpfsCidSig to k's signature of n's CidFingerprint.
+// SignCid sets IpfsCidSig to k's signature of n's CidFingerprint (version
+// 2). Set IpfsCid and IpfsLsHash first: the signature covers both.
 func (n *NarInfo) SignCid(k SecretKey) error {
 	fp, err := n.CidFingerprint()
 	if err != nil {
@@ -139,6 +140,11 @@ var (
 	ErrNoSignature      = errors.New("no signature")
 	ErrUntrustedSigner  = errors.New("no signature by a trusted key")
 	ErrInvalidSignature = errors.New("signature invalid")
+	// ErrRetiredCidSig says that IpfsCidSig is a trusted key's valid
+	// signature of the retired version 1 fingerprint, which does not
+	// cover the listing. Treat such a narinfo as having no CID signature
+	// (it is not forged, merely old), not as having an invalid one.
+	ErrRetiredCidSig = errors.New("IpfsCidSig signs the retired ipnix-cid-1 fingerprint")
 )
 
 // VerifySigs succeeds when at least one Sig verifies under a key in keys
@@ -152,8 +158,11 @@ func (n *NarInfo) VerifySigs(keys []PublicKey) error {
 	return verifyAny(n.StorePath, "Sig", fp, n.Sigs, keys)
 }
 
-// VerifyCidSig succeeds when IpfsCidSig verifies under a key in keys with
-// the same name; otherwise the error says why, as VerifySigs's does.
+// VerifyCidSig succeeds when IpfsCidSig is a signature of CidFingerprint
+// (version 2) by a key in keys with the same name; otherwise the error says
+// why, as VerifySigs's does. A signature that fails as version 2 but
+// verifies as the retired version 1 gives an error wrapping
+// ErrRetiredCidSig (and not ErrInvalidSignature).
 func (n *NarInfo) VerifyCidSig(keys []PublicKey) error {
 	fp, err := n.CidFingerprint()
 	if err != nil {
@@ -163,7 +172,13 @@ func (n *NarInfo) VerifyCidSig(keys []PublicKey) error {
 	if n.IpfsCidSig != "" {
 		sigs = []string{n.IpfsCidSig}
 	}
-	return verifyAny(n.StorePath, "IpfsCidSig", fp, sigs, keys)
+	err = verifyAny(n.StorePath, "IpfsCidSig", fp, sigs, keys)
+	if errors.Is(err, ErrInvalidSignature) {
+		if v1, err1 := n.cidFingerprintV1(); err1 == nil && verifyAny(n.StorePath, "IpfsCidSig", v1, sigs, keys) == nil {
+			return fmt.Errorf("%s: %w (publish it again to sign ipnix-cid-2)", n.StorePath, ErrRetiredCidSig)
+		}
+	}
+	return err
 }
 
 func verifyAny(path, field, msg string, sigs []string, keys []PublicKey) error {

@@ -219,3 +219,69 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 		t.Error("SignCid without a CID succeeded")
 	}
 }
+
+// IpfsCidSig covers the listing digest, and a signature of the retired
+// version 1 fingerprint is recognised as such rather than as a forgery.
+func TestCidSigV2(t *testing.T) {
+	sec, pub, other := loadKeys(t)
+	n, err := ParseNarInfo([]byte(ipnixNarInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SignCid(sec); err != nil {
+		t.Fatal(err)
+	}
+	fp, _ := n.CidFingerprint()
+	if !strings.HasPrefix(fp, "ipnix-cid-2;") || !pub.Verify(fp, n.IpfsCidSig) {
+		t.Fatalf("SignCid does not sign the v2 fingerprint %q", fp)
+	}
+	if err := n.VerifyCidSig([]PublicKey{pub}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(n *NarInfo)
+	}{
+		{"IpfsLsHash changed", func(n *NarInfo) { n.IpfsLsHash.Digest[0] ^= 1 }},
+		{"IpfsLsHash dropped", func(n *NarInfo) { n.IpfsLsHash = Hash{} }},
+		{"IpfsLsHash added", func(n *NarInfo) {
+			n.IpfsLsHash = Hash{}
+			_ = n.SignCid(sec)
+			n.IpfsLsHash = mustHash(t, "sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4")
+		}},
+		{"CID changed", func(n *NarInfo) { n.IpfsCid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku" }},
+		{"NarSize changed", func(n *NarInfo) { n.NarSize++ }},
+	} {
+		m, _ := ParseNarInfo(n.Marshal())
+		tc.change(m)
+		err := m.VerifyCidSig([]PublicKey{pub})
+		if !errors.Is(err, ErrInvalidSignature) || errors.Is(err, ErrRetiredCidSig) {
+			t.Errorf("%s: VerifyCidSig = %v, want ErrInvalidSignature", tc.name, err)
+		}
+	}
+
+	// A v1 signature, as ipnix wrote before the listing was signed.
+	v1, err := n.cidFingerprintV1()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.IpfsCidSig = sec.Sign(v1)
+	err = n.VerifyCidSig([]PublicKey{other, pub})
+	if !errors.Is(err, ErrRetiredCidSig) || errors.Is(err, ErrInvalidSignature) || !strings.Contains(err.Error(), n.StorePath) {
+		t.Errorf("v1 signature: VerifyCidSig = %v, want ErrRetiredCidSig only", err)
+	}
+	// Also without IpfsLsHash, where v1 and v2 differ only in the prefix.
+	n.IpfsLsHash = Hash{}
+	if err := n.VerifyCidSig([]PublicKey{pub}); !errors.Is(err, ErrRetiredCidSig) {
+		t.Errorf("v1 signature, no IpfsLsHash: %v", err)
+	}
+	// A v1 signature under an untrusted key is simply untrusted; a v1
+	// signature that does not verify either is invalid.
+	if err := n.VerifyCidSig([]PublicKey{other}); !errors.Is(err, ErrUntrustedSigner) {
+		t.Errorf("v1 signature, untrusted key: %v", err)
+	}
+	n.NarSize++
+	if err := n.VerifyCidSig([]PublicKey{pub}); !errors.Is(err, ErrInvalidSignature) || errors.Is(err, ErrRetiredCidSig) {
+		t.Errorf("tampered v1 signature: %v", err)
+	}
+}

@@ -38,8 +38,9 @@ type Substituter interface {
 	// than StoreDir is an error.
 	CacheInfo(ctx context.Context) (*CacheInfo, error)
 	// NarInfo fetches and parses <hashPart>.narinfo. The error wraps
-	// ErrNotFound when the cache does not have it; a narinfo for another
-	// store path is an error.
+	// ErrNotFound when the cache does not have it, ErrMalformedNarInfo
+	// when what it has is not a narinfo (or over MaxNarInfoSize), and
+	// ErrRejected when it describes a store path of another hash.
 	NarInfo(ctx context.Context, hashPart string) (*NarInfo, error)
 	// Listing fetches the raw bytes of <hashPart>.ls, or ErrNotFound.
 	Listing(ctx context.Context, hashPart string) ([]byte, error)
@@ -129,7 +130,7 @@ func (s *substituter) CacheInfo(ctx context.Context) (*CacheInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, err = parseCacheInfo(data)
+	info, err = ParseCacheInfo(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s/nix-cache-info: %w", s.url, err)
 	}
@@ -140,9 +141,10 @@ func (s *substituter) CacheInfo(ctx context.Context) (*CacheInfo, error) {
 	return &c, nil
 }
 
-// parseCacheInfo reads nix-cache-info as Nix does: "Key: value" lines,
-// unknown keys ignored, StoreDir (when given) must be StoreDir.
-func parseCacheInfo(data []byte) (*CacheInfo, error) {
+// ParseCacheInfo reads nix-cache-info as Nix does: "Key: value" lines,
+// unknown keys ignored, StoreDir (when given) must be exactly StoreDir
+// once surrounding white space is trimmed.
+func ParseCacheInfo(data []byte) (*CacheInfo, error) {
 	info := &CacheInfo{StoreDir: StoreDir, Priority: 50}
 	for _, line := range bytes.Split(data, []byte{'\n'}) {
 		key, value, ok := strings.Cut(string(line), ":")
@@ -185,6 +187,9 @@ func (s *substituter) NarInfo(ctx context.Context, hashPart string) (*NarInfo, e
 		return nil, err
 	}
 	data, err := s.get(ctx, hashPart+".narinfo", MaxNarInfoSize)
+	if errors.Is(err, errTooLarge) {
+		return nil, tag(ErrMalformedNarInfo, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +198,7 @@ func (s *substituter) NarInfo(ctx context.Context, hashPart string) (*NarInfo, e
 		return nil, fmt.Errorf("%s/%s.narinfo: %w", s.url, hashPart, err)
 	}
 	if p, _ := n.Path(); p.Hash != hashPart {
-		return nil, fmt.Errorf("%s/%s.narinfo describes %s, not a path with hash %s", s.url, hashPart, n.StorePath, hashPart)
+		return nil, tag(ErrRejected, fmt.Errorf("%s/%s.narinfo describes %s, not a path with hash %s", s.url, hashPart, n.StorePath, hashPart))
 	}
 	return n, nil
 }

@@ -29,6 +29,10 @@ func (f fileFetcher) fetch(ctx context.Context, name string, limit int64) ([]byt
 	return readLimited(file, limit, path)
 }
 
+// errTooLarge is wrapped by the error of readLimited for a file over the
+// limit.
+var errTooLarge = errors.New("larger than the limit")
+
 // readLimited reads r to its end, refusing more than limit bytes.
 func readLimited(r io.Reader, limit int64, what string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, limit+1))
@@ -36,7 +40,7 @@ func readLimited(r io.Reader, limit int64, what string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: larger than the limit of %d bytes", what, limit)
+		return nil, tag(errTooLarge, fmt.Errorf("%s: larger than the limit of %d bytes", what, limit))
 	}
 	return data, nil
 }

@@ -1,6 +1,7 @@
 package narindex
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -140,16 +141,42 @@ func TestOpenSubstituterRejects(t *testing.T) {
 }
 
 func TestCacheInfoParse(t *testing.T) {
-	info, err := parseCacheInfo([]byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\nOther: x\n"))
+	info, err := ParseCacheInfo([]byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\nOther: x\n"))
 	if err != nil || *info != (CacheInfo{StoreDir: StoreDir, WantMassQuery: true, Priority: 40}) {
 		t.Errorf("parse = %+v, %v", info, err)
 	}
-	if _, err := parseCacheInfo([]byte("StoreDir: /gnu/store\n")); err == nil || !strings.Contains(err.Error(), "/gnu/store") {
+	if _, err := ParseCacheInfo([]byte("StoreDir: /gnu/store\n")); err == nil || !strings.Contains(err.Error(), "/gnu/store") {
 		t.Errorf("other store: %v", err)
 	}
-	if _, err := parseCacheInfo([]byte("Priority: high\n")); err == nil {
+	if _, err := ParseCacheInfo([]byte("Priority: high\n")); err == nil {
 		t.Error("bad priority accepted")
 	}
+	for _, dir := range []string{"/nix/store2", "/nix/store/", "/nix", "/nix/store/x", "", "/nix/./store"} {
+		if _, err := ParseCacheInfo([]byte("StoreDir: " + dir + "\n")); err == nil {
+			t.Errorf("StoreDir %q accepted", dir)
+		}
+	}
+	if _, err := ParseCacheInfo([]byte("StoreDir:  /nix/store \r\n")); err != nil {
+		t.Errorf("StoreDir with surrounding white space (which Nix trims): %v", err)
+	}
+}
+
+func FuzzParseCacheInfo(f *testing.F) {
+	f.Add([]byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"))
+	f.Add([]byte("StoreDir: /nix/store2\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		info, err := ParseCacheInfo(data)
+		if err == nil && info.StoreDir != StoreDir {
+			t.Fatalf("StoreDir %q", info.StoreDir)
+		}
+		if err == nil && bytes.Contains(data, []byte("StoreDir:")) {
+			for _, l := range strings.Split(string(data), "\n") {
+				if v, ok := strings.CutPrefix(l, "StoreDir:"); ok && strings.TrimSpace(v) != StoreDir {
+					t.Fatalf("accepted StoreDir %q", v)
+				}
+			}
+		}
+	})
 }
 
 // httpCache serves a cache directory and counts requests per path, with

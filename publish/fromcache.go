@@ -17,22 +17,24 @@ import (
 )
 
 // Cache republishes every entry of the local binary cache at from (a
-// directory or file:// URL): each NAR is decompressed, checked against the
-// narinfo's NarHash and NarSize, and added to IPFS; the narinfo keeps its
-// fields and signatures and gains IpfsCid. The NAR file is copied unless
-// from and the output are one directory.
+// directory or file:// URL) whose nix-cache-info names /nix/store: each
+// NAR is decompressed (bzip2 when the narinfo names no Compression, as in
+// Nix), checked against the narinfo's NarHash and NarSize, and added to
+// IPFS; the listing is built from it. The narinfo keeps its fields and Sig
+// lines and gains IpfsCid and IpfsLsHash (and IpfsCidSig with a key). The
+// NAR file is copied unless from and the output are one directory.
 func (p *Publisher) Cache(ctx context.Context, from string) (Summary, error) {
 	var sum Summary
 	dir, err := cacheDir(from)
 	if err != nil {
 		return sum, err
 	}
-	if data, err := os.ReadFile(filepath.Join(dir, "nix-cache-info")); err == nil {
-		if !strings.Contains(string(data), "StoreDir: "+narindex.StoreDir) {
-			return sum, fmt.Errorf("%s/nix-cache-info: not a cache for %s", dir, narindex.StoreDir)
-		}
-	} else {
+	data, err := os.ReadFile(filepath.Join(dir, "nix-cache-info"))
+	if err != nil {
 		return sum, fmt.Errorf("%s is not a binary cache: %w", dir, err)
+	}
+	if _, err := narindex.ParseCacheInfo(data); err != nil {
+		return sum, fmt.Errorf("%s/nix-cache-info: %w", dir, err)
 	}
 	names, err := filepath.Glob(filepath.Join(dir, "*.narinfo"))
 	if err != nil {
@@ -107,7 +109,7 @@ func (p *Publisher) cacheEntry(ctx context.Context, dir string, same bool, sp na
 	if err != nil {
 		return fmt.Errorf("%s: %w", sp, err)
 	}
-	in, err := ingest(ctx, p.add, nar, nil)
+	in, err := ingest(ctx, p.add, nar, nil, p.opts.MaxEntries)
 	closeNar()
 	if err != nil {
 		return fmt.Errorf("%s: %w", sp, err)
@@ -128,18 +130,16 @@ func (p *Publisher) cacheEntry(ctx context.Context, dir string, same bool, sp na
 			return err
 		}
 	}
-	if ls, err := os.ReadFile(filepath.Join(dir, sp.Hash+".ls")); err == nil {
-		if l, err := narindex.ParseListing(ls); err == nil && l.Validate(int64(ni.NarSize)) == nil {
-			in.listing = ls
-		}
-	}
+	// The listing is the one built from the NAR just checked, never the
+	// source's .ls: its digest is about to be signed.
 	return p.finish(sp, ni, in)
 }
 
-// decompress undoes a narinfo's Compression.
+// decompress undoes a narinfo's Compression. As in Nix, a narinfo
+// without one means bzip2.
 func decompress(method string, r io.Reader) (io.Reader, func(), error) {
 	switch method {
-	case "", "none":
+	case "none":
 		return r, func() {}, nil
 	case "xz":
 		xr, err := xz.NewReader(r)
@@ -153,10 +153,10 @@ func decompress(method string, r io.Reader) (io.Reader, func(), error) {
 			return nil, nil, fmt.Errorf("zstd: %w", err)
 		}
 		return zr, zr.Close, nil
-	case "bzip2":
+	case "bzip2", "":
 		return bzip2.NewReader(r), func() {}, nil
 	}
-	return nil, nil, fmt.Errorf("unsupported Compression %q (supported: none, xz, zstd, bzip2)", method)
+	return nil, nil, fmt.Errorf("unsupported Compression %q (supported: none, xz, zstd, bzip2, the default)", method)
 }
 
 func sameDir(a, b string) bool {

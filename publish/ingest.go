@@ -1,10 +1,10 @@
 package publish
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -23,58 +23,47 @@ type ingested struct {
 }
 
 // ingest streams a NAR once: into IPFS through add, into a SHA-256, into
-// the listing builder (which also validates the NAR), and into extra (may be
-// nil). The caller checks hash and size against what it was promised.
-func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer) (*ingested, error) {
+// the listing builder (which also validates the NAR and refuses more than
+// maxEntries entries; 0 means the default), and into extra (may be nil).
+// The caller checks hash and size against what it was promised.
+func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer, maxEntries int) (*ingested, error) {
 	h := sha256.New()
 	cnt := &counter{}
-	pr, pw := io.Pipe()
-	type listingResult struct {
-		data []byte
-		err  error
-	}
-	lch := make(chan listingResult, 1)
-	go func() {
-		// The parser reads token by token; a buffer keeps each read from
-		// being a hand-off through the pipe.
-		l, err := narindex.ListingFromNar(bufio.NewReaderSize(pr, 256<<10))
-		// Drain whatever the parser did not need so the writer never blocks.
-		_, _ = io.Copy(io.Discard, pr)
-		var data []byte
-		if err == nil {
-			data, err = l.Marshal()
-		}
-		lch <- listingResult{data, err}
-	}()
-	writers := []io.Writer{h, cnt, pw}
+	lb := narindex.NewListingBuilderLimit(maxEntries)
+	writers := []io.Writer{h, cnt, lb}
 	if extra != nil {
 		writers = append(writers, extra)
 	}
 	// Hashing, parsing and writing the NAR file run beside the upload,
-	// not in its path.
+	// not in its path. A malformed NAR fails the side writer, and with it
+	// the upload, early.
 	side := newAsyncWriter(io.MultiWriter(writers...))
 	src := io.TeeReader(nar, side)
 	c, err := add.Add(ctx, src)
+	if err == nil {
+		// Whatever add did not consume still has to be hashed and parsed.
+		_, err = io.Copy(io.Discard, src)
+	}
+	if sideErr := side.Close(); sideErr != nil {
+		// The side's failure (a malformed NAR, a full disk) is the cause
+		// of whatever add made of it.
+		err = sideErr
+	}
 	if err != nil {
-		side.Close()
-		pw.CloseWithError(err)
-		<-lch
+		if errors.Is(err, narindex.ErrMalformedNAR) || errors.Is(err, narindex.ErrTooManyEntries) {
+			return nil, fmt.Errorf("not a valid NAR: %w", err)
+		}
 		return nil, err
 	}
-	// Whatever add did not consume still has to be hashed and parsed.
-	_, copyErr := io.Copy(io.Discard, src)
-	if err := side.Close(); copyErr == nil {
-		copyErr = err
+	l, err := lb.Finish()
+	if err != nil {
+		return nil, fmt.Errorf("not a valid NAR: %w", err)
 	}
-	pw.CloseWithError(copyErr)
-	lr := <-lch
-	switch {
-	case copyErr != nil:
-		return nil, copyErr
-	case lr.err != nil:
-		return nil, fmt.Errorf("not a valid NAR: %w", lr.err)
+	data, err := l.Marshal()
+	if err != nil {
+		return nil, err
 	}
-	return &ingested{cid: c, hash: narindex.SHA256(h.Sum(nil)), size: cnt.n, listing: lr.data}, nil
+	return &ingested{cid: c, hash: narindex.SHA256(h.Sum(nil)), size: cnt.n, listing: data}, nil
 }
 
 type counter struct{ n uint64 }

@@ -54,7 +54,7 @@ func TestIngest(t *testing.T) {
 	nar := testNar(t)
 	st := fetchtest.NewStore()
 	var extra bytes.Buffer
-	in, err := ingest(context.Background(), storeAdder{st}, bytes.NewReader(nar), &extra)
+	in, err := ingest(context.Background(), storeAdder{st}, bytes.NewReader(nar), &extra, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestIngest(t *testing.T) {
 func TestIngestRejectsMalformedNar(t *testing.T) {
 	nar := testNar(t)
 	bad := append(bytes.Clone(nar), 1, 2, 3)
-	_, err := ingest(context.Background(), storeAdder{fetchtest.NewStore()}, bytes.NewReader(bad), nil)
+	_, err := ingest(context.Background(), storeAdder{fetchtest.NewStore()}, bytes.NewReader(bad), nil, 0)
 	if !errors.Is(err, narindex.ErrMalformedNAR) {
 		t.Fatalf("trailing bytes: %v", err)
 	}
@@ -96,7 +96,7 @@ func TestIngestRejectsMalformedNar(t *testing.T) {
 
 func TestIngestAdderFailure(t *testing.T) {
 	nar := testNar(t)
-	_, err := ingest(context.Background(), failingAdder{}, bytes.NewReader(nar), nil)
+	_, err := ingest(context.Background(), failingAdder{}, bytes.NewReader(nar), nil, 0)
 	if err == nil || !strings.Contains(err.Error(), "went away") {
 		t.Fatalf("adder failure: %v", err)
 	}

@@ -1,7 +1,9 @@
 package publish
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +22,9 @@ type Options struct {
 	SecretKey *narindex.SecretKey // when set: Sig and IpfsCidSig
 	Progress  *Progress           // may be nil
 	Log       *slog.Logger        // may be nil
+	// MaxEntries refuses a store path of more entries (files,
+	// directories, symlinks); 0 means narindex.MaxListingEntries.
+	MaxEntries int
 }
 
 // Publisher writes store paths into IPFS and a binary cache directory.
@@ -61,14 +66,28 @@ func (p *Publisher) writeCacheInfo() error {
 	return writeFileAtomic(path, []byte("StoreDir: "+narindex.StoreDir+"\nWantMassQuery: 1\nPriority: 40\n"))
 }
 
-// published reports whether base's narinfo in the output already has a CID.
+// published reports whether base's entry in the output is complete and
+// current: its narinfo has a CID and the digest of the listing beside it,
+// and, when the publisher signs, a CID signature (version 2) by its key.
+// Anything less (such as an entry signed with the retired version 1) is
+// published again.
 func (p *Publisher) published(hashPart string) bool {
 	data, err := os.ReadFile(filepath.Join(p.opts.To, hashPart+".narinfo"))
 	if err != nil {
 		return false
 	}
 	ni, err := narindex.ParseNarInfo(data)
-	return err == nil && ni.IpfsCid != ""
+	if err != nil || ni.IpfsCid == "" || ni.IpfsLsHash.IsZero() {
+		return false
+	}
+	ls, err := os.ReadFile(filepath.Join(p.opts.To, hashPart+".ls"))
+	if sum := sha256.Sum256(ls); err != nil || !bytes.Equal(sum[:], ni.IpfsLsHash.Digest) {
+		return false
+	}
+	if k := p.opts.SecretKey; k != nil {
+		return ni.VerifyCidSig([]narindex.PublicKey{k.Public()}) == nil
+	}
+	return true
 }
 
 // StorePaths publishes paths from the local Nix store, with their closure
@@ -120,7 +139,7 @@ func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.Sto
 	var dumped atomic.Int64
 	stopWarm := warmAhead(pi.Path, &dumped, warmWindow)
 	go func() { pw.CloseWithError(narindex.DumpPath(progressWriter{pw, &dumped}, pi.Path)) }()
-	in, err := ingest(ctx, p.add, pr, tmp)
+	in, err := ingest(ctx, p.add, pr, tmp, p.opts.MaxEntries)
 	pr.Close()
 	stopWarm()
 	if err != nil {
@@ -143,9 +162,14 @@ func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.Sto
 	return p.finish(sp, ni, in)
 }
 
-// finish writes the listing and then, atomically, the narinfo.
+// finish writes the listing and then, atomically, the narinfo, with the
+// CID, the digest of exactly the listing bytes written, and (with a key)
+// both signatures.
 func (p *Publisher) finish(sp narindex.StorePath, ni *narindex.NarInfo, in *ingested) error {
-	ni.IpfsCid = in.cid.String()
+	oldCid, oldLsHash := ni.IpfsCid, ni.IpfsLsHash
+	sum := sha256.Sum256(in.listing)
+	ni.IpfsCid, ni.LegacyIPFSHash = in.cid.String(), false
+	ni.IpfsLsHash = narindex.SHA256(sum[:])
 	if k := p.opts.SecretKey; k != nil {
 		if err := ni.Sign(*k); err != nil {
 			return fmt.Errorf("%s: signing: %w", sp, err)
@@ -153,6 +177,10 @@ func (p *Publisher) finish(sp narindex.StorePath, ni *narindex.NarInfo, in *inge
 		if err := ni.SignCid(*k); err != nil {
 			return fmt.Errorf("%s: signing CID: %w", sp, err)
 		}
+	} else if oldCid != ni.IpfsCid || !oldLsHash.Equal(ni.IpfsLsHash) {
+		// A CID signature the source carried covers other values; kept,
+		// it would only make clients reject the path.
+		ni.IpfsCidSig = ""
 	}
 	if err := writeFileAtomic(filepath.Join(p.opts.To, sp.Hash+".ls"), in.listing); err != nil {
 		return err

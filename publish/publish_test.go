@@ -1,0 +1,301 @@
+package publish
+
+import (
+	"bytes"
+	"compress/bzip2"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+func testKey(t *testing.T) narindex.SecretKey {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return narindex.SecretKey{Name: "publish-test-1", Key: k}
+}
+
+const helloPath = "/nix/store/rsw37b3mfmf5mwk74h93w7daljgm23cm-hello"
+
+// helloNar gives the NAR inside testdata/hello.nar.bz2 and the compressed
+// bytes.
+func helloNar(t *testing.T) (nar, compressed []byte) {
+	t.Helper()
+	compressed, err := os.ReadFile("testdata/hello.nar.bz2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar, err = io.ReadAll(bzip2.NewReader(bytes.NewReader(compressed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nar, compressed
+}
+
+// sourceCache writes a binary cache holding helloPath, its NAR file as
+// given, described by a narinfo changed by edit.
+func sourceCache(t *testing.T, cacheInfo string, file []byte, edit func(*narindex.NarInfo)) string {
+	t.Helper()
+	nar, _ := helloNar(t)
+	dir := t.TempDir()
+	sum := sha256.Sum256(nar)
+	ni := &narindex.NarInfo{
+		StorePath:   helloPath,
+		URL:         "nar/hello.nar.bz2",
+		Compression: "bzip2",
+		NarHash:     narindex.SHA256(sum[:]),
+		NarSize:     uint64(len(nar)),
+	}
+	if edit != nil {
+		edit(ni)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "nar"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "nar/hello.nar.bz2"), file, 0o644))
+	must(os.WriteFile(filepath.Join(dir, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo"), ni.Marshal(), 0o644))
+	if cacheInfo != "" {
+		must(os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte(cacheInfo), 0o644))
+	}
+	return dir
+}
+
+// checkPublished checks an output entry: the CID of the NAR, the listing
+// built from the NAR, IpfsLsHash the digest of exactly the .ls bytes, and
+// IpfsCidSig (version 2) by key.
+func checkPublished(t *testing.T, st *fetchtest.Store, to string, sp narindex.StorePath, nar []byte, key narindex.SecretKey) *narindex.NarInfo {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(to, sp.Hash+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narindex.ParseNarInfo(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := os.ReadFile(filepath.Join(to, sp.Hash+".ls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(ls)
+	if !ni.IpfsLsHash.Equal(narindex.SHA256(sum[:])) {
+		t.Errorf("IpfsLsHash %s, but the .ls written has digest %s", ni.IpfsLsHash, narindex.SHA256(sum[:]))
+	}
+	if err := ni.VerifyCidSig([]narindex.PublicKey{key.Public()}); err != nil {
+		t.Errorf("IpfsCidSig: %v", err)
+	}
+	if err := ni.VerifySigs([]narindex.PublicKey{key.Public()}); err != nil {
+		t.Errorf("Sig: %v", err)
+	}
+	if want, _ := st.AddFile(nar, fetchtest.DefaultOptions); ni.IpfsCid != want.String() || ni.LegacyIPFSHash {
+		t.Errorf("IpfsCid %s (legacy name %v), want %s", ni.IpfsCid, ni.LegacyIPFSHash, want)
+	}
+	got, err := narindex.ParseListing(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := narindex.ListingFromNar(bytes.NewReader(nar))
+	if !reflect.DeepEqual(got.Root, want.Root) {
+		t.Errorf("the .ls written is not the NAR's listing: %s", ls)
+	}
+	return ni
+}
+
+func TestCacheSignsListing(t *testing.T) {
+	nar, compressed := helloNar(t)
+	key := testKey(t)
+	for name, edit := range map[string]func(*narindex.NarInfo){
+		"bzip2": nil,
+		// Nix reads a narinfo without Compression as bzip2.
+		"no Compression": func(ni *narindex.NarInfo) { ni.Compression = "" },
+		// What the source says of its CID is replaced, under the current
+		// field name.
+		"old CID fields": func(ni *narindex.NarInfo) {
+			ni.IpfsCid, ni.LegacyIPFSHash, ni.IpfsCidSig = "bafyold", true, "old:c2ln"
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			from := sourceCache(t, "StoreDir: /nix/store\n", compressed, edit)
+			// A listing in the source cache is not trusted: the one built
+			// from the NAR is written and signed.
+			if err := os.WriteFile(filepath.Join(from, "rsw37b3mfmf5mwk74h93w7daljgm23cm.ls"),
+				[]byte(`{"version":1,"root":{"type":"symlink","target":"/tmp/evil"}}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			st := fetchtest.NewStore()
+			to := t.TempDir()
+			p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum, err := p.Cache(context.Background(), from)
+			if err != nil || sum.Published != 1 {
+				t.Fatalf("Cache: %+v, %v", sum, err)
+			}
+			sp, _ := narindex.ParseStorePath(helloPath)
+			checkPublished(t, st, to, sp, nar, key)
+			// The NAR file is copied as it was.
+			if got, _ := os.ReadFile(filepath.Join(to, "nar/hello.nar.bz2")); !bytes.Equal(got, compressed) {
+				t.Error("NAR file not copied")
+			}
+			// A second run has nothing to do.
+			if sum, err := p.Cache(context.Background(), from); err != nil || sum.Skipped != 1 || sum.Published != 0 {
+				t.Fatalf("second Cache: %+v, %v", sum, err)
+			}
+		})
+	}
+}
+
+func TestCacheRefuses(t *testing.T) {
+	nar, compressed := helloNar(t)
+	for name, tc := range map[string]struct {
+		cacheInfo string
+		file      []byte
+		edit      func(*narindex.NarInfo)
+		want      string
+	}{
+		"other store":        {"StoreDir: /nix/store2\n", compressed, nil, `"/nix/store2"`},
+		"store subdirectory": {"StoreDir: /nix/store/sub\n", compressed, nil, `"/nix/store/sub"`},
+		"no nix-cache-info":  {"", compressed, nil, "not a binary cache"},
+		// Without Compression the NAR is read as bzip2, so an
+		// uncompressed one does not decode.
+		"uncompressed NAR without Compression": {"StoreDir: /nix/store\n", nar, func(ni *narindex.NarInfo) { ni.Compression = "" }, "bzip2"},
+		"wrong NarHash":                        {"StoreDir: /nix/store\n", compressed, func(ni *narindex.NarInfo) { ni.NarHash.Digest[0] ^= 1 }, "NAR hash is"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			from := sourceCache(t, tc.cacheInfo, tc.file, tc.edit)
+			to := t.TempDir()
+			p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Cache(context.Background(), from); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Cache: %v, want an error saying %s", err, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(to, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo")); err == nil {
+				t.Fatal("narinfo written")
+			}
+		})
+	}
+	// A nix-cache-info without StoreDir is accepted, as Nix accepts it.
+	from := sourceCache(t, "WantMassQuery: 1\n", compressed, nil)
+	p, _ := New(storeAdder{fetchtest.NewStore()}, Options{To: t.TempDir()})
+	if _, err := p.Cache(context.Background(), from); err != nil {
+		t.Fatalf("nix-cache-info without StoreDir: %v", err)
+	}
+}
+
+// Without a key, a CID signature that no longer covers the CID and listing
+// is dropped rather than left to fail; with one, entries that are not
+// current (no listing digest, a v1 signature) are published again.
+func TestCacheRepublishes(t *testing.T) {
+	nar, compressed := helloNar(t)
+	key := testKey(t)
+	from := sourceCache(t, "StoreDir: /nix/store\n", compressed, func(ni *narindex.NarInfo) { ni.IpfsCidSig = "old:c2ln" })
+	st := fetchtest.NewStore()
+	to := t.TempDir()
+	p, _ := New(storeAdder{st}, Options{To: to})
+	if _, err := p.Cache(context.Background(), from); err != nil {
+		t.Fatal(err)
+	}
+	narinfo := filepath.Join(to, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo")
+	data, _ := os.ReadFile(narinfo)
+	ni, _ := narindex.ParseNarInfo(data)
+	if ni.IpfsCidSig != "" || ni.IpfsLsHash.IsZero() || ni.IpfsCid == "" {
+		t.Fatalf("unsigned publish:\n%s", data)
+	}
+	// The same output with a key: the unsigned entry is published again.
+	p, _ = New(storeAdder{st}, Options{To: to, SecretKey: &key})
+	if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
+		t.Fatalf("with a key: %+v, %v", sum, err)
+	}
+	sp, _ := narindex.ParseStorePath(helloPath)
+	ni = checkPublished(t, st, to, sp, nar, key)
+	// An entry signed with the retired fingerprint is published again.
+	ni.IpfsLsHash = narindex.Hash{}
+	ni.IpfsCidSig = ""
+	if err := os.WriteFile(narinfo, ni.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
+		t.Fatalf("entry without IpfsLsHash: %+v, %v", sum, err)
+	}
+	// So is one whose listing changed on disk.
+	if err := os.WriteFile(filepath.Join(to, sp.Hash+".ls"), []byte(`{"version":1,"root":{"type":"directory"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
+		t.Fatalf("entry whose listing changed: %+v, %v", sum, err)
+	}
+	checkPublished(t, st, to, sp, nar, key)
+}
+
+func TestIngestTooManyEntries(t *testing.T) {
+	nar := testNar(t) // 6 entries
+	if _, err := ingest(context.Background(), storeAdder{fetchtest.NewStore()}, bytes.NewReader(nar), nil, 6); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+	_, err := ingest(context.Background(), storeAdder{fetchtest.NewStore()}, bytes.NewReader(nar), nil, 5)
+	if !errors.Is(err, narindex.ErrTooManyEntries) || !strings.Contains(err.Error(), "limit of 5") {
+		t.Fatalf("over the limit: %v", err)
+	}
+}
+
+// Publishing from the local Nix store writes the same signed listing.
+func TestStorePathsSignsListing(t *testing.T) {
+	if _, err := exec.LookPath("nix-store"); err != nil {
+		if os.Getenv("IPNIX_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("nix-store not installed")
+		}
+		t.Skip("nix-store not installed")
+	}
+	dir := filepath.Join(t.TempDir(), "ipnix-publish-test")
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "bin/run"), []byte("#!/bin/sh\nexit 0\n"), 0o755)
+	os.WriteFile(filepath.Join(dir, "data"), bytes.Repeat([]byte("ipnix "), 100000), 0o644)
+	os.Symlink("bin/run", filepath.Join(dir, "link"))
+	out, err := exec.Command("nix-store", "--add", dir).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	path := strings.TrimSpace(string(out))
+	nar, err := exec.Command("nix-store", "--dump", path).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := testKey(t)
+	st := fetchtest.NewStore()
+	to := t.TempDir()
+	p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := p.StorePaths(context.Background(), []string{path}, false); err != nil || sum.Published != 1 {
+		t.Fatalf("StorePaths: %+v, %v", sum, err)
+	}
+	sp, _ := narindex.ParseStorePath(path)
+	checkPublished(t, st, to, sp, nar, key)
+	if sum, err := p.StorePaths(context.Background(), []string{path}, false); err != nil || sum.Skipped != 1 {
+		t.Fatalf("second StorePaths: %+v, %v", sum, err)
+	}
+}
