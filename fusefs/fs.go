@@ -70,6 +70,7 @@ const (
 	// Files up to this size are fetched whole when opened.
 	smallFileBytes       = 512 << 10
 	defaultListingMemory = 256 << 20
+	defaultReadTimeout   = 30 * time.Second
 	// rejectedTTL is how long a store path refused at load (bad CID, DAG
 	// shape, NAR that does not match) is remembered as refused.
 	rejectedTTL = 5 * time.Minute
@@ -131,7 +132,7 @@ func New(cfg Config) (*FS, error) {
 		cfg.Readahead = defaultReadahead
 	}
 	if cfg.ReadTimeout <= 0 {
-		cfg.ReadTimeout = fetch.DefaultReadTimeout
+		cfg.ReadTimeout = defaultReadTimeout
 	}
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = narindex.MaxListingEntries

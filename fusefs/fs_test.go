@@ -189,7 +189,7 @@ func (e *env) add(t *testing.T, name string, nar, narHashOf, listing []byte) str
 		IpfsCid:   c.String(),
 	}
 	e.res.mu.Lock()
-	e.res.paths[base] = &narindex.Resolved{Info: ni, ListingData: listing, From: "memory"}
+	e.res.paths[base] = &narindex.Resolved{Info: ni, ListingData: listing, From: "memory", CidSigned: true}
 	e.res.mu.Unlock()
 	return base
 }
@@ -343,8 +343,8 @@ func TestSmallNarVerifiedAtLookup(t *testing.T) {
 		t.Fatal("small NAR not verified at lookup")
 	}
 	badBase := e.add(t, "bad", wrong, nar, ls)
-	if _, err := os.Lstat(filepath.Join(e.dir, badBase)); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("lookup of a small path with a wrong NAR: %v, want EIO", err)
+	if _, err := os.Lstat(filepath.Join(e.dir, badBase)); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("lookup of a small path with a wrong NAR: %v, want ENOENT", err)
 	}
 }
 
@@ -389,19 +389,6 @@ func TestConcurrentReaders(t *testing.T) {
 		})
 	}
 	wg.Wait()
-}
-
-func TestCoverage(t *testing.T) {
-	var c coverage
-	steps := []struct {
-		lo, hi int64
-		done   bool
-	}{{10, 20, false}, {30, 40, false}, {0, 5, false}, {5, 10, false}, {20, 30, false}, {40, 50, true}}
-	for _, s := range steps {
-		if got := c.add(s.lo, s.hi, 50); got != s.done {
-			t.Fatalf("after [%d,%d): done=%v spans=%v", s.lo, s.hi, got, c.spans)
-		}
-	}
 }
 
 func TestReadaheadSequentialNotRandom(t *testing.T) {
@@ -633,9 +620,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // Local copies outlive the process that wrote them: a new mount over the
-// same files directory serves the saved listing and hands the kernel the
-// copies without fetching the file's blocks. A copy found damaged is
-// dropped and the file is read the normal way.
+// same files directory hashes them again against their manifest, in the
+// background, and then hands the kernel the copies without fetching the
+// file's blocks. A copy found damaged (cut short, or one bit flipped at
+// the same size) is dropped, never served, and the file is read the
+// normal way.
 func TestLocalCopiesSurviveRestart(t *testing.T) {
 	filesDir := filepath.Join(t.TempDir(), "files")
 	tree := testTree()
@@ -652,52 +641,104 @@ func TestLocalCopiesSurviveRestart(t *testing.T) {
 		}
 	}
 	waitFor(t, "local copies", func() bool { return e1.fsys.Stats.LocalCopies.Load() == 1 })
+	if fi, err := os.Stat(filesDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("files directory: %v %v, want mode 0700", fi.Mode(), err)
+	}
 	if err := os.Mkdir(filepath.Join(filesDir, ".tmp-left-by-a-crash"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 
-	// No listing from the substituter: without the saved one, the NAR's
-	// headers would have to be fetched.
 	e2 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
-	e2.add(t, "pkg", nar, nar, nil)
+	e2.add(t, "pkg", nar, nar, ls)
 	if _, err := os.Stat(filepath.Join(filesDir, ".tmp-left-by-a-crash")); !os.IsNotExist(err) {
 		t.Errorf("unfinished copy not removed at start: %v", err)
 	}
+	if _, err := os.Lstat(filepath.Join(e2.dir, base)); err != nil {
+		t.Fatal(err)
+	}
+	st := &e2.fsys.Stats
+	waitFor(t, "copies checked", func() bool { return st.LocalCopiesChecked.Load() == 1 })
 	got, err := os.ReadFile(filepath.Join(e2.dir, base, "share/big"))
 	if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
 		t.Fatalf("read after restart: %v", err)
 	}
-	st := &e2.fsys.Stats
-	t.Logf("after restart: saved listing used %d, passthrough %d, fell back %d, fetched %d bytes",
-		st.LocalListings.Load(), st.Passthrough.Load(), st.PassthroughFellBack.Load(), e2.stats.Bytes.Load())
-	if st.LocalListings.Load() != 1 || st.Passthrough.Load() == 0 {
+	t.Logf("after restart: checked %d, passthrough %d, fell back %d, fetched %d bytes",
+		st.LocalCopiesChecked.Load(), st.Passthrough.Load(), st.PassthroughFellBack.Load(), e2.stats.Bytes.Load())
+	if st.Passthrough.Load() == 0 {
 		t.Fatal("the copies written before the restart were not used")
 	}
 	if st.PassthroughFellBack.Load() != 0 || e2.stats.Bytes.Load() >= bigSize/10 {
 		t.Fatal("reads of a passed-through file reached ipnix")
 	}
 
-	// Damage: one copy cut short.
-	copies, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*"))
-	if len(copies) == 0 {
-		t.Fatal("no copies found")
+	for _, damage := range []string{"bit flipped", "cut short"} {
+		t.Run(damage, func(t *testing.T) {
+			if _, err := os.Stat(filepath.Join(filesDir, narindex.EncodeNix32(sha256Sum(nar)))); err != nil {
+				// Written again by the last mount's reads.
+				waitFor(t, "copies rewritten", func() bool { _, err := os.Stat(filepath.Join(filesDir, narindex.EncodeNix32(sha256Sum(nar)))); return err == nil })
+			}
+			copies, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*"))
+			if len(copies) == 0 {
+				t.Fatal("no copies found")
+			}
+			for _, c := range copies {
+				damageFile(t, c, damage)
+			}
+			e3 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
+			e3.add(t, "pkg", nar, nar, ls)
+			if _, err := os.Lstat(filepath.Join(e3.dir, base)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "damaged copies dropped", func() bool { return e3.fsys.Stats.LocalCopiesDropped.Load() == 1 })
+			got, err := os.ReadFile(filepath.Join(e3.dir, base, "share/big"))
+			if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
+				t.Fatalf("read with a damaged copy: %v", err)
+			}
+			if e3.fsys.Stats.Passthrough.Load() != 0 {
+				t.Fatal("a damaged copy was offered for passthrough")
+			}
+			for _, c := range copies {
+				if _, err := os.Stat(c); err == nil {
+					t.Fatalf("damaged copy %s kept", c)
+				}
+			}
+			// Reading everything verifies the NAR again and writes fresh copies.
+			for name, f := range tree {
+				if f.Mode.IsRegular() {
+					if _, err := os.ReadFile(filepath.Join(e3.dir, base, name)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			waitFor(t, "fresh copies", func() bool { return e3.fsys.Stats.LocalCopies.Load() == 1 })
+		})
 	}
-	for _, c := range copies {
-		if err := os.Truncate(c, 1000); err != nil {
+}
+
+func sha256Sum(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+func damageFile(t *testing.T, p, how string) {
+	t.Helper()
+	switch how {
+	case "cut short":
+		if err := os.Truncate(p, 1000); err != nil {
 			t.Fatal(err)
 		}
-	}
-	e3 := newEnv(t, Config{FilesDir: filesDir, FilesQuota: 1 << 30})
-	e3.add(t, "pkg", nar, nar, ls)
-	got, err = os.ReadFile(filepath.Join(e3.dir, base, "share/big"))
-	if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
-		t.Fatalf("read with a damaged copy: %v", err)
-	}
-	if e3.fsys.Stats.Passthrough.Load() != 0 {
-		t.Fatal("a damaged copy was offered for passthrough")
-	}
-	if left, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*")); len(left) != 0 {
-		t.Fatalf("damaged copies kept: %v", left)
+	case "bit flipped":
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)/2] ^= 1
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o400); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -718,7 +759,7 @@ func TestLocalCopiesQuotaAtStart(t *testing.T) {
 		when := time.Unix(int64(1000+i), 0)
 		os.Chtimes(p, when, when)
 	}
-	fl, err := openFiles(dir, 250, slog.New(slog.DiscardHandler))
+	fl, err := openFiles(dir, 250, slog.New(slog.DiscardHandler), &Stats{})
 	if err != nil {
 		t.Fatal(err)
 	}

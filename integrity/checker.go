@@ -72,7 +72,7 @@ type Checker struct {
 	// checked without a second pass.
 	hmu        sync.Mutex
 	hasher     hash.Hash
-	parser     *listingStream // started with the first byte
+	parser     *narindex.ListingBuilder // the one streaming listing builder
 	hashedTo   int64
 	hashing    bool // false once Verify owns the hasher
 	ahead      map[int64][]byte
@@ -162,10 +162,10 @@ func (c *Checker) feed(data []byte) {
 		data = data[:c.size-c.hashedTo]
 	}
 	if c.parser == nil {
-		c.parser = newListingStream(c.maxEntries)
+		c.parser = narindex.NewListingBuilderLimit(c.maxEntries)
 	}
 	c.hasher.Write(data)
-	c.parser.write(data)
+	c.parser.Write(data) // an error is kept and returned by Finish
 	c.hashedTo += int64(len(data))
 }
 
@@ -282,9 +282,9 @@ func (c *Checker) check(ctx context.Context, read ReadAtFunc) (bad, err error) {
 		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), c.want), nil
 	}
 	if c.parser == nil { // an empty NAR cannot be valid
-		c.parser = newListingStream(c.maxEntries)
+		c.parser = narindex.NewListingBuilderLimit(c.maxEntries)
 	}
-	l, perr := c.parser.finish()
+	l, perr := c.parser.Finish()
 	if perr != nil {
 		// Bytes that match the signed NarHash but do not parse: the
 		// publisher signed garbage. Nothing of it may be served.

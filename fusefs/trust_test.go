@@ -1,0 +1,201 @@
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// addUnsigned publishes nar as e.add does, but as a narinfo without a
+// trusted IpfsCidSig: the resolver hands over no listing (a lying one is
+// passed here to show it is not used).
+func (e *env) addUnsigned(t *testing.T, name string, nar, narHashOf, listing []byte) string {
+	t.Helper()
+	base := e.add(t, name, nar, narHashOf, listing)
+	e.res.mu.Lock()
+	e.res.paths[base].CidSigned = false
+	e.res.mu.Unlock()
+	return base
+}
+
+// A path without a trusted CID signature is fetched whole and checked
+// against NarHash before anything of it is shown; its listing is the one
+// parsed from those bytes, whatever the substituter offered.
+func TestUnsignedCidVerifiedWholeFirst(t *testing.T) {
+	e := newEnv(t, Config{Readahead: -1})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	lie, _ := narindex.ParseListing(ls)
+	lie.Root.Entries["lib"].Entries["link-rel"].Target = "/tmp/evil"
+	lieData, _ := lie.Marshal()
+	base := e.addUnsigned(t, "pkg", nar, nar, lieData)
+	target, err := os.Readlink(filepath.Join(e.dir, base, "lib/link-rel"))
+	if err != nil || target != "../share/doc/readme" {
+		t.Fatalf("readlink = %q, %v", target, err)
+	}
+	if e.fsys.Stats.VerifiedWhole.Load() != 1 {
+		t.Fatal("shown before the whole NAR was verified")
+	}
+	got, err := os.ReadFile(filepath.Join(e.dir, base, "share/big"))
+	if err != nil || !bytes.Equal(got, tree["share/big"].Data) {
+		t.Fatalf("read: %v", err)
+	}
+
+	// The CID of a same-size evil NAR under a narinfo without IpfsCidSig:
+	// refused at lookup, nothing of it ever shown.
+	l, _ := narindex.ParseListing(ls)
+	big, _ := l.Lookup("share/big")
+	evil := bytes.Clone(nar)
+	evil[big.NarOffset+7] ^= 0xff
+	bad := e.addUnsignedNamed(t, "evil", evil, nar, ls)
+	if _, err := os.Lstat(filepath.Join(e.dir, bad)); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("lookup of an unsigned CID of the wrong NAR: %v, want ENOENT", err)
+	}
+	if _, err := os.ReadFile(filepath.Join(e.dir, bad, "share/big")); err == nil {
+		t.Fatal("a byte of the evil NAR was served")
+	}
+}
+
+func (e *env) addUnsignedNamed(t *testing.T, name string, nar, narHashOf, listing []byte) string {
+	t.Helper()
+	e.res.mu.Lock()
+	for k := range e.res.paths {
+		delete(e.res.paths, k) // one name per hash in this fixture
+	}
+	e.res.mu.Unlock()
+	return e.addUnsigned(t, name, nar, narHashOf, listing)
+}
+
+// After a quarantine the kernel holds nothing of the path: symlink
+// targets, attributes and names looked up before all answer EIO, and the
+// path is gone from the root's listing.
+func TestQuarantineForgetsKernelCaches(t *testing.T) {
+	e := newEnv(t, Config{Readahead: -1})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	l, _ := narindex.ParseListing(ls)
+	big, _ := l.Lookup("share/big")
+	bad := bytes.Clone(nar)
+	bad[big.NarOffset+12345] ^= 1
+	base := e.add(t, "pkg", bad, nar, ls)
+	root := filepath.Join(e.dir, base)
+	// Fill the kernel's caches: a symlink target, attributes, names.
+	if target, err := os.Readlink(filepath.Join(root, "lib/link-rel")); err != nil || target != "../share/doc/readme" {
+		t.Fatalf("readlink before: %q %v", target, err)
+	}
+	for _, name := range []string{"bin/tool", "share/doc/deep/file", "empty-dir"} {
+		if _, err := os.Stat(filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.ReadDir(filepath.Join(root, "lib")); err != nil {
+		t.Fatal(err)
+	}
+	var readErr error
+	for name, f := range tree {
+		if f.Mode.IsRegular() && len(f.Data) > 0 {
+			if _, err := os.ReadFile(filepath.Join(root, name)); err != nil {
+				readErr = err
+			}
+		}
+	}
+	if !errors.Is(readErr, syscall.EIO) {
+		t.Fatalf("reading everything: %v, want EIO", readErr)
+	}
+	if _, err := os.Readlink(filepath.Join(root, "lib/link-rel")); err == nil {
+		t.Fatal("readlink still answered after the quarantine")
+	}
+	for _, name := range []string{"", "bin/tool", "share/doc/deep/file", "empty-dir", "lib"} {
+		if _, err := os.Stat(filepath.Join(root, name)); err == nil {
+			t.Fatalf("stat %q still answered after the quarantine", name)
+		}
+	}
+	if _, err := os.ReadDir(filepath.Join(root, "lib")); err == nil {
+		t.Fatal("directory still listed after the quarantine")
+	}
+	ents, err := os.ReadDir(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range ents {
+		if de.Name() == base {
+			t.Fatal("quarantined path still in the root's listing")
+		}
+	}
+}
+
+// A refused store path is remembered: the resolver is not asked again
+// for it within the TTL, and the reason is logged once.
+func TestRefusalRemembered(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	wrongSize := append(bytes.Clone(nar), 0) // the CID's size is not NarSize
+	base := e.add(t, "pkg", wrongSize, nar, ls)
+	ctx := context.Background()
+	for i := range 3 {
+		_, err := e.fsys.storePath(ctx, base)
+		if !errors.Is(err, narindex.ErrRejected) {
+			t.Fatalf("lookup %d: %v, want a rejection", i, err)
+		}
+		if remembered := errors.Is(err, narindex.ErrRemembered); remembered != (i > 0) {
+			t.Fatalf("lookup %d: remembered=%v", i, remembered)
+		}
+	}
+	if e.res.calls != 1 {
+		t.Fatalf("resolver asked %d times, want 1", e.res.calls)
+	}
+}
+
+// blockingResolver holds every resolution until release is closed.
+type blockingResolver struct {
+	*fakeResolver
+	release chan struct{}
+}
+
+func (r *blockingResolver) Resolve(ctx context.Context, base string) (*narindex.Resolved, error) {
+	select {
+	case <-r.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return r.fakeResolver.Resolve(ctx, base)
+}
+
+// Concurrent lookups of one name share one resolution, which must not run
+// under the first caller's context: an interrupted lookup fails alone.
+func TestInterruptedLookupFailsAlone(t *testing.T) {
+	e := newEnv(t, Config{})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	br := &blockingResolver{fakeResolver: e.res, release: make(chan struct{})}
+	e.fsys.cfg.Resolver = br
+
+	first, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var err1, err2 error
+	wg.Add(2)
+	go func() { defer wg.Done(); _, err1 = e.fsys.storePath(first, base) }()
+	time.Sleep(50 * time.Millisecond) // the first caller starts the shared work
+	go func() { defer wg.Done(); _, err2 = e.fsys.storePath(context.Background(), base) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	time.Sleep(50 * time.Millisecond)
+	close(br.release)
+	wg.Wait()
+	if !errors.Is(err1, context.Canceled) {
+		t.Errorf("interrupted lookup: %v, want context.Canceled", err1)
+	}
+	if err2 != nil {
+		t.Errorf("the other lookup failed with the first one: %v", err2)
+	}
+}
