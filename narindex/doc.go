@@ -5,12 +5,19 @@
 //   - nix-base32 ("nix32") and Nix's hash notations (Hash, ParseHash);
 //   - store path names (StorePath, ParseStorePath, ParseStorePathBase);
 //   - narinfo files (NarInfo, ParseNarInfo, Marshal), including the ipnix
-//     fields IpfsCid and IpfsCidSig and the legacy IPFSHash field;
+//     fields IpfsCid, IpfsLsHash and IpfsCidSig and the legacy IPFSHash
+//     field;
 //   - Nix signing keys and signatures over the Nix fingerprint and over the
-//     ipnix CID fingerprint (SecretKey, PublicKey, NarInfo.Sign, VerifySigs);
-//   - the NAR format and NAR listings (.ls files);
+//     ipnix CID fingerprint, version 2, which covers the CID and the
+//     listing's digest (SecretKey, PublicKey, NarInfo.Sign, SignCid,
+//     VerifySigs, VerifyCidSig);
+//   - the NAR format, NAR listings (.ls files) with a bound on their
+//     entries, and ListingBuilder, which builds a listing from a NAR as it
+//     streams past;
 //   - substituters (file:// and http(s):// binary caches) and the Resolver
-//     that accepts or rejects a store path's narinfo and fetches its listing.
+//     that accepts or rejects a store path's narinfo, remembers rejections
+//     for a while, and fetches its listing only when a trusted signature
+//     vouches for it.
 //
 // Every parser here takes untrusted input: it bounds what it reads, never
 // panics, and rejects what real Nix rejects (often a little more). Output is
