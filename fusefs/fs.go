@@ -82,7 +82,6 @@ type Stats struct {
 	LookupsRefused      atomic.Int64 // store-path lookups answered ENOENT or EIO
 	Verified            atomic.Int64 // store paths whose whole NAR matched NarHash
 	LocalCopies         atomic.Int64 // store paths whose larger files were copied for passthrough
-	LocalListings       atomic.Int64 // store paths served from the listing saved with local copies
 	Passthrough         atomic.Int64 // opens offered a local copy for passthrough
 	PassthroughFellBack atomic.Int64 // reads that reached us on a handle with a local copy
 	Quarantined         atomic.Int64 // store paths whose NAR did not

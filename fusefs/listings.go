@@ -95,3 +95,6 @@ func (f *FS) forgotten(sp *storePath) {
 	f.rootGen.Add(1)
 	f.log.Debug("listing of idle store path dropped", "path", sp.base, "bytes", sp.bytes)
 }
+
+// ListingBytes is the estimated memory of the listings held.
+func (f *FS) ListingBytes() int64 { return f.listingBytes.Load() }

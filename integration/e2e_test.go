@@ -23,6 +23,7 @@ type published struct {
 	closure *testClosure
 	cache   string // directory
 	pub     string // trusted public key
+	sec     string // file holding the matching secret key
 }
 
 func publishClosure(t *testing.T) *published {
@@ -30,7 +31,7 @@ func publishClosure(t *testing.T) *published {
 	requireReal(t)
 	p := &published{kubo: startKubo(t), closure: buildClosure(t), cache: t.TempDir()}
 	sec, pub := genKey(t, "ipnix-test-1")
-	p.pub = pub
+	p.pub, p.sec = pub, sec
 	out, err := ipnixCmd(t, nil, "publish", "--api", p.kubo.api, "--to", p.cache, "--secret-key", sec, p.closure.top)
 	if err != nil {
 		t.Fatalf("ipnix publish: %v\n%s", err, out)
@@ -274,10 +275,18 @@ func TestDiskCacheAcrossRemount(t *testing.T) {
 	if h := m2.metric(t, "ipnix_disk_cache_hits_total"); h == 0 {
 		t.Fatal("no disk cache hits")
 	}
-	// The copies outlive the first mount: the remount serves their saved
-	// listing and hands the kernel the copy of the large file.
-	if n := m2.metric(t, "ipnix_local_listings_total"); n != 1 {
-		t.Errorf("saved listing used %d times, want 1", n)
+	// The copies outlive the first mount: once the remount has hashed
+	// them again against their manifest, it hands the kernel the copy of
+	// the large file.
+	deadline = time.Now().Add(time.Minute)
+	for m2.metric(t, "ipnix_local_copies_checked_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("local copies from before the remount never checked")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.ReadFile(filepath.Join(m2.dir, filepath.Base(lib), "share/big.bin")); err != nil {
+		t.Fatal(err)
 	}
 	if n := m2.metric(t, "ipnix_passthrough_opens_total"); n == 0 {
 		t.Error("no passthrough after the remount")

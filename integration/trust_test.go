@@ -85,18 +85,35 @@ func TestQuarantineOnNarHashMismatch(t *testing.T) {
 		t.Fatalf("swapped CID with the original IpfsCidSig: %v, want ENOENT", err)
 	}
 
-	// An attacker strips IpfsCidSig: only the whole-NAR check is left.
+	// An attacker strips IpfsCidSig: the path is fetched whole and checked
+	// against NarHash before anything of it is shown, so it never is.
 	dir := t.TempDir()
 	p.copyEntry(t, dir, lib, func(ni *narindex.NarInfo) { ni.IpfsCid, ni.IpfsCidSig = badCid, "" })
 	m := startMount(t, "--api", p.kubo.api, "--substituter", "file://"+dir, "--trusted-public-key", p.pub)
-	root := filepath.Join(m.dir, filepath.Base(lib))
+	if _, err := os.Lstat(filepath.Join(m.dir, filepath.Base(lib))); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("stripped IpfsCidSig over the CID of a wrong NAR: %v, want ENOENT", err)
+	}
+	if !m.waitLog("verified whole") {
+		t.Errorf("no log line about the refusal:\n%s", m.log.String())
+	}
 
+	// The publisher's key signed the wrong CID (a publisher bug): the path
+	// is served lazily, and the whole-NAR check at the end quarantines it.
+	key, err := narindex.LoadSecretKeyFile(p.sec)
+	must(t, err)
+	resigned := t.TempDir()
+	p.copyEntry(t, resigned, lib, func(ni *narindex.NarInfo) {
+		ni.IpfsCid = badCid
+		must(t, ni.SignCid(key))
+	})
+	mq := startMount(t, "--api", p.kubo.api, "--substituter", "file://"+resigned, "--trusted-public-key", p.pub)
+	root := filepath.Join(mq.dir, filepath.Base(lib))
 	var readErr error
 	withTimeout(t, 2*time.Minute, "reading the tampered path", func(context.Context) { readErr = readTree(root) })
 	if !errors.Is(readErr, syscall.EIO) {
 		t.Fatalf("reading every file of a path with a wrong NAR: %v, want EIO", readErr)
 	}
-	if q := m.metric(t, "ipnix_store_paths_quarantined_total"); q != 1 {
+	if q := mq.metric(t, "ipnix_store_paths_quarantined_total"); q != 1 {
 		t.Fatalf("quarantined counter = %d, want 1", q)
 	}
 	// Stays quarantined: files read before (and cached) fail too.
@@ -105,8 +122,8 @@ func TestQuarantineOnNarHashMismatch(t *testing.T) {
 			t.Errorf("after quarantine, read %s: %v, want EIO", f, err)
 		}
 	}
-	if !m.waitLog("quarantined") {
-		t.Errorf("no log line about the quarantine:\n%s", m.log.String())
+	if !mq.waitLog("quarantined") {
+		t.Errorf("no log line about the quarantine:\n%s", mq.log.String())
 	}
 }
 
