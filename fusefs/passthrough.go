@@ -200,7 +200,7 @@ func (fl *files) check(nh string) {
 			fl.state[nh] = unchecked
 		default:
 			fl.stats.LocalCopiesDropped.Add(1)
-			fl.log.Warn("dropping local copies that do not match their manifest", "dir", p, "err", err)
+			fl.log.Warn("local copies differ from their manifest; dropped", "dir", p, "err", err)
 			fl.dropLocked(nh)
 		}
 	})
