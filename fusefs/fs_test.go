@@ -145,6 +145,12 @@ func newEnv(t *testing.T, cfg Config) *env {
 
 func newEnvCache(t *testing.T, cfg Config, memBytes int64) *env {
 	t.Helper()
+	return newEnvOpts(t, cfg, memBytes, MountOptions{})
+}
+
+// newEnvOpts mounts cfg with mount options o.
+func newEnvOpts(t *testing.T, cfg Config, memBytes int64, o MountOptions) *env {
+	t.Helper()
 	requireFuse(t)
 	e := &env{store: fetchtest.NewStore(), res: &fakeResolver{paths: map[string]*narindex.Resolved{}}, stats: &fetch.Stats{}}
 	e.mem = cache.NewMemory(fetch.Verify(e.store, e.stats), memBytes)
@@ -157,7 +163,7 @@ func newEnvCache(t *testing.T, cfg Config, memBytes int64) *env {
 	}
 	e.fsys = fsys
 	e.dir = t.TempDir()
-	srv, err := Mount(e.dir, e.fsys, MountOptions{})
+	srv, err := Mount(e.dir, e.fsys, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +681,10 @@ func TestLocalCopiesSurviveRestart(t *testing.T) {
 		t.Run(damage, func(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(filesDir, narindex.EncodeNix32(sha256Sum(nar)))); err != nil {
 				// Written again by the last mount's reads.
-				waitFor(t, "copies rewritten", func() bool { _, err := os.Stat(filepath.Join(filesDir, narindex.EncodeNix32(sha256Sum(nar)))); return err == nil })
+				waitFor(t, "copies rewritten", func() bool {
+					_, err := os.Stat(filepath.Join(filesDir, narindex.EncodeNix32(sha256Sum(nar))))
+					return err == nil
+				})
 			}
 			copies, _ := filepath.Glob(filepath.Join(filesDir, "*", "[0-9]*"))
 			if len(copies) == 0 {

@@ -12,10 +12,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"github.com/ipnix/ipnix/cache"
-	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fetch/fetchtest"
-	"github.com/ipnix/ipnix/narindex"
 )
 
 // tbRecorder records what a test helper would do to its test.
@@ -104,37 +101,11 @@ func TestOpensDecidedBeforeServing(t *testing.T) {
 	}
 }
 
-// mountEnv mounts like newEnv, with mount options of the test's choice.
-func mountEnv(t *testing.T, o MountOptions) *env {
-	t.Helper()
-	requireFuse(t)
-	e := &env{store: fetchtest.NewStore(), res: &fakeResolver{paths: map[string]*narindex.Resolved{}}, stats: &fetch.Stats{}}
-	e.mem = cache.NewMemory(fetch.Verify(e.store, e.stats), 64<<20)
-	fsys, err := New(Config{Resolver: e.res, Blocks: e.mem, Evict: e.mem.Remove})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.fsys = fsys
-	e.dir = t.TempDir()
-	srv, err := Mount(e.dir, fsys, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
-			_ = Detach(e.dir)
-		}
-		fsys.Close()
-	})
-	return e
-}
-
 // access(2) answers as on a native filesystem: the kernel checks modes
 // itself (default_permissions), so even root may not execute a 0444 file.
 // With allow_other, other users read the store as before.
 func TestAccessLikeNativeFilesystem(t *testing.T) {
-	e := mountEnv(t, MountOptions{AllowOther: true})
+	e := newEnvOpts(t, Config{}, 64<<20, MountOptions{AllowOther: true})
 	nar, ls := makeNar(t, testTree())
 	base := e.add(t, "pkg", nar, nar, ls)
 	p := func(name string) string { return filepath.Join(e.dir, base, name) }

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipnix/ipnix/integration/runenv"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -309,13 +308,11 @@ func (r *attackReport) fatalf(t *testing.T, format string, args ...any) {
 	t.Fatalf(format, args...)
 }
 
-// mount starts `ipnix mount` as startMountAt does (a copy, so that a mount
-// that does not start, e.g. on a flag the code does not know yet, is
-// named in the row).
+// mount starts `ipnix mount` as startMountAt does; a mount that does not
+// start (e.g. on a flag the code does not know) is named in the row.
 func (r *attackReport) mount(t *testing.T, args ...string) *mount {
 	t.Helper()
-	dir := t.TempDir()
-	rm, err := runenv.StartMount(ipnixBin, dir, args...)
+	m, err := tryStartMountAt(t, t.TempDir(), args...)
 	if err != nil {
 		msg := err.Error()
 		for _, line := range strings.Split(msg, "\n") {
@@ -326,15 +323,7 @@ func (r *attackReport) mount(t *testing.T, args ...string) *mount {
 		}
 		r.fatalf(t, "mount did not start: %s", strings.TrimSpace(msg))
 	}
-	t.Cleanup(func() {
-		if err := rm.Stop(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("ipnix mount log:\n%s", rm.Log.String())
-		}
-	})
-	return &mount{Mount: rm, dir: dir, log: rm.Log}
+	return m
 }
 
 // mountSub mounts with one substituter and the publisher's key trusted;
@@ -542,7 +531,8 @@ func checkTruth(t *testing.T, r *attackReport, truth, mounted string, narHash na
 	}
 }
 
-// treeModesE is e2e_test.go's treeModes returning its error instead of
+// treeModesE lists every entry with its type, permission bits, size and
+// symlink target, in order, and returns the walk's error instead of
 // failing the test: a mount that fails closed answers EIO, which is a
 // finding, not the end of the test.
 func treeModesE(root string) (string, error) {

@@ -3,12 +3,9 @@ package integration
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,32 +163,11 @@ func TestLazyRead(t *testing.T) {
 // symlink target, in order.
 func treeModes(t *testing.T, root string) string {
 	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := os.Lstat(path)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, path)
-		line := rel + " " + fi.Mode().String()
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, _ := os.Readlink(path)
-			line += " -> " + target
-		case fi.Mode().IsRegular():
-			line += " " + strconv.FormatInt(fi.Size(), 10)
-		}
-		lines = append(lines, line)
-		return nil
-	})
+	out, err := treeModesE(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
+	return out
 }
 
 // A mount whose process was killed leaves a dead FUSE mount (ENOTCONN);

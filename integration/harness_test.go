@@ -115,9 +115,20 @@ func startMount(t *testing.T, args ...string) *mount {
 
 func startMountAt(t *testing.T, dir string, args ...string) *mount {
 	t.Helper()
-	rm, err := runenv.StartMount(ipnixBin, dir, args...)
+	m, err := tryStartMountAt(t, dir, args...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// tryStartMountAt is startMountAt returning the error of a mount that
+// does not start.
+func tryStartMountAt(t *testing.T, dir string, args ...string) (*mount, error) {
+	t.Helper()
+	rm, err := runenv.StartMount(ipnixBin, dir, args...)
+	if err != nil {
+		return nil, err
 	}
 	t.Cleanup(func() {
 		if err := rm.Stop(); err != nil {
@@ -127,7 +138,7 @@ func startMountAt(t *testing.T, dir string, args ...string) *mount {
 			t.Logf("ipnix mount log:\n%s", rm.Log.String())
 		}
 	})
-	return &mount{Mount: rm, dir: dir, log: rm.Log}
+	return &mount{Mount: rm, dir: dir, log: rm.Log}, nil
 }
 
 // metric reads one counter from the mount's /metrics.
