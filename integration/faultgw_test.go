@@ -1,0 +1,405 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/ipnix/ipnix/fetch"
+)
+
+// faultMode is what a fault server does with a block request it faults.
+type faultMode string
+
+const (
+	modePass     faultMode = "pass"             // forward to the upstream unchanged
+	modeFlip     faultMode = "flip-bit"         // the true block with one bit flipped
+	modeTruncate faultMode = "truncate"         // the first half of the block, as a complete answer
+	modeJunk     faultMode = "junk-3MiB"        // 200 and 3 MiB of random bytes, no length announced
+	modeHTML     faultMode = "html-200"         // 200 and an HTML page, as a captive portal would
+	modeHang     faultMode = "hang"             // accept, never answer, until the client gives up
+	modeTrickle  faultMode = "trickle"          // the true block at 1 byte per 100 ms
+	modeCut      faultMode = "close-mid-stream" // the true length announced, connection closed halfway
+)
+
+// gatewayFaults are the faults a gateway (or kubo) may commit on the way.
+var gatewayFaults = []faultMode{modeFlip, modeTruncate, modeJunk, modeHTML, modeHang, modeTrickle, modeCut}
+
+// hashFaults are the modes whose bytes arrive whole but do not hash to the CID.
+func (m faultMode) hashFault() bool { return m == modeFlip || m == modeTruncate || m == modeHTML }
+
+// faultServer sits in front of a real kubo (its trustless gateway or its
+// RPC API) on loopback and answers block requests as told: pass, or commit
+// one fault. Requests that are not block requests always pass. Handlers
+// return when the client goes away or the server is stopped (in cleanup).
+type faultServer struct {
+	URL string // http://127.0.0.1:port
+
+	// blockCid returns the CID a request asks for, or "" when it is not a
+	// block request (those are always passed).
+	blockCid func(r *http.Request) string
+
+	srv   *httptest.Server
+	proxy *httputil.ReverseProxy
+	stop  chan struct{}
+
+	mu        sync.Mutex
+	mode      faultMode
+	passFirst int             // block requests still passed before mode applies
+	every     int             // when > 0: only every n-th block request is faulted
+	count     int             // block requests seen under every
+	passCids  map[string]bool // CIDs always passed
+
+	Requests atomic.Int64 // block requests seen
+	Faulted  atomic.Int64 // block requests answered with a fault
+}
+
+// startFaultGateway starts a fault-injecting HTTP trustless gateway in
+// front of upstream (a kubo gateway URL). It passes until told otherwise.
+func startFaultGateway(t *testing.T, upstream string) *faultServer {
+	t.Helper()
+	return startFaultServer(t, upstream, func(r *http.Request) string {
+		if c, ok := strings.CutPrefix(r.URL.Path, "/ipfs/"); ok && r.Method == http.MethodGet {
+			return c
+		}
+		return ""
+	})
+}
+
+// startFaultAPI starts a fault-injecting proxy in front of a kubo RPC API
+// (api as a multiaddr or URL); its faults apply to /api/v0/block/get.
+func startFaultAPI(t *testing.T, api string) *faultServer {
+	t.Helper()
+	u, _, err := fetch.KuboAPIURL(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startFaultServer(t, u, func(r *http.Request) string {
+		if r.URL.Path == "/api/v0/block/get" {
+			return r.URL.Query().Get("arg")
+		}
+		return ""
+	})
+}
+
+func startFaultServer(t *testing.T, upstream string, blockCid func(*http.Request) string) *faultServer {
+	t.Helper()
+	up, err := url.Parse(upstream)
+	if err != nil || up.Host == "" {
+		t.Fatalf("fault server upstream %q: %v", upstream, err)
+	}
+	s := &faultServer{blockCid: blockCid, mode: modePass, stop: make(chan struct{})}
+	s.proxy = httputil.NewSingleHostReverseProxy(up)
+	// Clients that give up (a timeout is the point of several modes) make
+	// the proxy log; that is expected noise.
+	s.proxy.ErrorLog = log.New(io.Discard, "", 0)
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.URL = s.srv.URL
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close stops the server and every handler still running.
+func (s *faultServer) Close() {
+	select {
+	case <-s.stop:
+		return
+	default:
+	}
+	close(s.stop)
+	s.srv.CloseClientConnections()
+	s.srv.Close()
+}
+
+// Set faults every block request with mode (modePass: none).
+func (s *faultServer) Set(mode faultMode) { s.setPolicy(mode, 0, 0, nil) }
+
+// SetAfter passes the next k block requests, then faults with mode.
+func (s *faultServer) SetAfter(k int, mode faultMode) { s.setPolicy(mode, k, 0, nil) }
+
+// SetEvery faults every n-th block request with mode and passes the rest.
+func (s *faultServer) SetEvery(n int, mode faultMode) { s.setPolicy(mode, 0, n, nil) }
+
+// SetExcept passes requests for the given CIDs and faults all others.
+func (s *faultServer) SetExcept(cids []string, mode faultMode) { s.setPolicy(mode, 0, 0, cids) }
+
+func (s *faultServer) setPolicy(mode faultMode, passFirst, every int, cids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mode, s.passFirst, s.every, s.count = mode, passFirst, every, 0
+	s.passCids = make(map[string]bool)
+	for _, c := range cids {
+		s.passCids[c] = true
+	}
+}
+
+// decide picks what to do with a block request for cid.
+func (s *faultServer) decide(cid string) faultMode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.passCids[cid]:
+		return modePass
+	case s.passFirst > 0:
+		s.passFirst--
+		return modePass
+	case s.every > 0:
+		s.count++
+		if s.count%s.every != 0 {
+			return modePass
+		}
+	}
+	return s.mode
+}
+
+func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
+	c := s.blockCid(r)
+	if c == "" {
+		s.proxy.ServeHTTP(w, r)
+		return
+	}
+	s.Requests.Add(1)
+	mode := s.decide(c)
+	if mode == modePass {
+		s.proxy.ServeHTTP(w, r)
+		return
+	}
+	s.Faulted.Add(1)
+	switch mode {
+	case modeHang:
+		s.wait(r, 0)
+		return
+	case modeJunk:
+		junk := make([]byte, 3<<20)
+		rand.Read(junk)
+		w.Header().Set("Content-Type", "application/vnd.ipld.raw")
+		w.WriteHeader(http.StatusOK)
+		w.Write(junk) // fails once the client has read its fill
+		return
+	case modeHTML:
+		page := []byte("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><p>Please sign in to use this network.</p></body></html>\n")
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(page)
+		return
+	}
+	// The remaining modes start from the true answer.
+	rec := httptest.NewRecorder()
+	s.proxy.ServeHTTP(rec, r)
+	body := rec.Body.Bytes()
+	if rec.Code != http.StatusOK || len(body) == 0 {
+		copyHeader(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		w.Write(body)
+		return
+	}
+	copyHeader(w.Header(), rec.Header())
+	switch mode {
+	case modeFlip:
+		body = bytes.Clone(body)
+		body[len(body)/2] ^= 0x10
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+	case modeTruncate:
+		body = body[:len(body)/2]
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+	case modeTrickle:
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		fl := http.NewResponseController(w)
+		for i := range body {
+			if _, err := w.Write(body[i : i+1]); err != nil {
+				return
+			}
+			if fl.Flush() != nil || !s.wait(r, 100*time.Millisecond) {
+				return
+			}
+		}
+	case modeCut:
+		if rec.Header().Get("Trailer") == "" {
+			// A gateway announces the length; kubo's RPC streams chunks.
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		}
+		w.WriteHeader(http.StatusOK)
+		w.Write(body[:len(body)/2])
+		http.NewResponseController(w).Flush()
+		// Close the connection without finishing the body.
+		panic(http.ErrAbortHandler)
+	default:
+		panic("unknown fault mode " + string(mode))
+	}
+}
+
+// wait waits d (forever when 0) and reports whether the client and the
+// server are still there.
+func (s *faultServer) wait(r *http.Request, d time.Duration) bool {
+	var tick <-chan time.Time
+	if d > 0 {
+		tm := time.NewTimer(d)
+		defer tm.Stop()
+		tick = tm.C
+	}
+	select {
+	case <-tick:
+		return true
+	case <-r.Context().Done():
+	case <-s.stop:
+	}
+	return false
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		if k == "Content-Length" || k == "Trailer" {
+			continue
+		}
+		dst[k] = append([]string(nil), vs...)
+	}
+}
+
+// startSilentServer listens on loopback, accepts connections and never
+// says a word: a source that hangs below HTTP. Stopped in cleanup.
+func startSilentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c) // read the requests, answer nothing
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// deadURL is a loopback address where nothing listens: connections are
+// refused at once.
+func deadURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "http://" + addr
+}
+
+// The fault servers do what they say, and the fetch sources see each
+// fault as the error the catalogue expects. Needs kubo only.
+func TestFaultServerModes(t *testing.T) {
+	k := startKubo(t)
+	data := make([]byte, 200<<10)
+	rand.Read(data)
+	c, err := cid.Decode(k.ipfs(t, bytes.NewReader(data), "add", "-Q", "--cid-version=1", "--raw-leaves"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := startFaultGateway(t, k.Gateway)
+	api := startFaultAPI(t, k.api)
+	const timeout = time.Second
+	gsrc, err := fetch.NewGateway(gw.URL, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ksrc, err := fetch.NewKubo(api.URL, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[faultMode]func(error) bool{
+		modePass:     func(err error) bool { return err == nil },
+		modeFlip:     func(err error) bool { return errors.Is(err, fetch.ErrHashMismatch) },
+		modeTruncate: func(err error) bool { return errors.Is(err, fetch.ErrHashMismatch) },
+		modeHTML:     func(err error) bool { return errors.Is(err, fetch.ErrHashMismatch) },
+		modeJunk:     func(err error) bool { return errors.Is(err, fetch.ErrBlockTooLarge) },
+		modeHang:     func(err error) bool { return errors.Is(err, context.DeadlineExceeded) },
+		modeTrickle:  func(err error) bool { return errors.Is(err, context.DeadlineExceeded) },
+		modeCut: func(err error) bool {
+			return err != nil && !errors.Is(err, fetch.ErrHashMismatch) && !errors.Is(err, context.DeadlineExceeded)
+		},
+	}
+	for _, src := range []struct {
+		name string
+		fs   *faultServer
+		bg   fetch.BlockGetter
+	}{{"gateway", gw, gsrc}, {"kubo-rpc", api, ksrc}} {
+		for _, mode := range append([]faultMode{modePass}, gatewayFaults...) {
+			src.fs.Set(mode)
+			start := time.Now()
+			b, err := fetch.Verify(src.bg, nil).GetBlock(context.Background(), c)
+			took := time.Since(start)
+			if !want[mode](err) {
+				t.Errorf("%s %s: %v", src.name, mode, err)
+			}
+			if err == nil && !bytes.Equal(b.RawData(), data) {
+				t.Errorf("%s %s: wrong bytes", src.name, mode)
+			}
+			if took > timeout+5*time.Second {
+				t.Errorf("%s %s: took %v with a %v timeout", src.name, mode, took, timeout)
+			}
+			t.Logf("%s %s: %v in %v", src.name, mode, err, took.Round(time.Millisecond))
+		}
+		if n := src.fs.Faulted.Load(); n != int64(len(gatewayFaults)) {
+			t.Errorf("%s: %d faulted of %d requests", src.name, n, src.fs.Requests.Load())
+		}
+	}
+
+	// Policies: the first K requests pass; listed CIDs pass; every n-th.
+	gw.SetAfter(2, modeFlip)
+	for i, ok := range []bool{true, true, false} {
+		if _, err := fetch.Verify(gsrc, nil).GetBlock(context.Background(), c); (err == nil) != ok {
+			t.Errorf("SetAfter(2): request %d: %v", i+1, err)
+		}
+	}
+	gw.SetExcept([]string{c.String()}, modeFlip)
+	if _, err := fetch.Verify(gsrc, nil).GetBlock(context.Background(), c); err != nil {
+		t.Errorf("SetExcept: listed CID faulted: %v", err)
+	}
+	gw.SetEvery(2, modeFlip)
+	for i, ok := range []bool{true, false, true, false} {
+		if _, err := fetch.Verify(gsrc, nil).GetBlock(context.Background(), c); (err == nil) != ok {
+			t.Errorf("SetEvery(2): request %d: %v", i+1, err)
+		}
+	}
+}
