@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -36,6 +37,10 @@ const (
 	modeHang     faultMode = "hang"             // accept, never answer, until the client gives up
 	modeTrickle  faultMode = "trickle"          // the true block at 1 byte per 100 ms
 	modeCut      faultMode = "close-mid-stream" // the true length announced, connection closed halfway
+	// modeStreamError is how kubo's RPC reports a failure after it has
+	// started answering: half the body, a clean end, and the error in the
+	// X-Stream-Error trailer.
+	modeStreamError faultMode = "stream-error-trailer"
 )
 
 // gatewayFaults are the faults a gateway (or kubo) may commit on the way.
@@ -64,6 +69,7 @@ type faultServer struct {
 	passFirst int             // block requests still passed before mode applies
 	every     int             // when > 0: only every n-th block request is faulted
 	count     int             // block requests seen under every
+	chance    float64         // when > 0: each block request is faulted with this probability
 	passCids  map[string]bool // CIDs always passed
 
 	Requests atomic.Int64 // block requests seen
@@ -136,13 +142,21 @@ func (s *faultServer) SetAfter(k int, mode faultMode) { s.setPolicy(mode, k, 0, 
 // SetEvery faults every n-th block request with mode and passes the rest.
 func (s *faultServer) SetEvery(n int, mode faultMode) { s.setPolicy(mode, 0, n, nil) }
 
+// SetChance faults each block request with probability p (0 < p < 1).
+func (s *faultServer) SetChance(p float64, mode faultMode) {
+	s.setPolicy(mode, 0, 0, nil)
+	s.mu.Lock()
+	s.chance = p
+	s.mu.Unlock()
+}
+
 // SetExcept passes requests for the given CIDs and faults all others.
 func (s *faultServer) SetExcept(cids []string, mode faultMode) { s.setPolicy(mode, 0, 0, cids) }
 
 func (s *faultServer) setPolicy(mode faultMode, passFirst, every int, cids []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.mode, s.passFirst, s.every, s.count = mode, passFirst, every, 0
+	s.mode, s.passFirst, s.every, s.count, s.chance = mode, passFirst, every, 0, 0
 	s.passCids = make(map[string]bool)
 	for _, c := range cids {
 		s.passCids[c] = true
@@ -162,6 +176,10 @@ func (s *faultServer) decide(cid string) faultMode {
 	case s.every > 0:
 		s.count++
 		if s.count%s.every != 0 {
+			return modePass
+		}
+	case s.chance > 0:
+		if mrand.Float64() >= s.chance {
 			return modePass
 		}
 	}
@@ -245,6 +263,11 @@ func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).Flush()
 		// Close the connection without finishing the body.
 		panic(http.ErrAbortHandler)
+	case modeStreamError:
+		w.Header().Set("Trailer", "X-Stream-Error")
+		w.WriteHeader(http.StatusOK)
+		w.Write(body[:len(body)/2])
+		w.Header().Set("X-Stream-Error", "fault injected: block/get broke off")
 	default:
 		panic("unknown fault mode " + string(mode))
 	}
@@ -358,13 +381,15 @@ func TestFaultServerModes(t *testing.T) {
 		modeCut: func(err error) bool {
 			return err != nil && !errors.Is(err, fetch.ErrHashMismatch) && !errors.Is(err, context.DeadlineExceeded)
 		},
+		// Either the trailer is seen, or the short block fails its hash.
+		modeStreamError: func(err error) bool { return err != nil && !errors.Is(err, context.DeadlineExceeded) },
 	}
 	for _, src := range []struct {
 		name string
 		fs   *faultServer
 		bg   fetch.BlockGetter
 	}{{"gateway", gw, gsrc}, {"kubo-rpc", api, ksrc}} {
-		for _, mode := range append([]faultMode{modePass}, gatewayFaults...) {
+		for _, mode := range append([]faultMode{modePass, modeStreamError}, gatewayFaults...) {
 			src.fs.Set(mode)
 			start := time.Now()
 			b, err := fetch.Verify(src.bg, nil).GetBlock(context.Background(), c)
@@ -380,7 +405,7 @@ func TestFaultServerModes(t *testing.T) {
 			}
 			t.Logf("%s %s: %v in %v", src.name, mode, err, took.Round(time.Millisecond))
 		}
-		if n := src.fs.Faulted.Load(); n != int64(len(gatewayFaults)) {
+		if n := src.fs.Faulted.Load(); n != int64(len(gatewayFaults)+1) {
 			t.Errorf("%s: %d faulted of %d requests", src.name, n, src.fs.Requests.Load())
 		}
 	}
@@ -401,5 +426,15 @@ func TestFaultServerModes(t *testing.T) {
 		if _, err := fetch.Verify(gsrc, nil).GetBlock(context.Background(), c); (err == nil) != ok {
 			t.Errorf("SetEvery(2): request %d: %v", i+1, err)
 		}
+	}
+	gw.SetChance(0.5, modeFlip)
+	passed := 0
+	for range 40 {
+		if _, err := fetch.Verify(gsrc, nil).GetBlock(context.Background(), c); err == nil {
+			passed++
+		}
+	}
+	if passed == 0 || passed == 40 {
+		t.Errorf("SetChance(0.5): %d of 40 requests passed", passed)
 	}
 }
