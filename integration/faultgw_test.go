@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"io/fs"
 	"log"
 	mrand "math/rand/v2"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,10 +23,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/boxo/ipld/merkledag"
+	"github.com/ipfs/boxo/ipld/unixfs"
+	unixfspb "github.com/ipfs/boxo/ipld/unixfs/pb"
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
+	ipld "github.com/ipfs/go-ipld-format"
+	"github.com/ipfs/kubo/core/coreiface/options"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/narindex"
 )
+
+// Faults where they live in reality, for the fault catalogue
+// (faults_test.go): block sources on loopback that misbehave on request
+// (faultServer in front of a real kubo's gateway or RPC API, a silent
+// server, a dead port), DAGs put into kubo that the publisher would never
+// write, and block files flipped in a mount's cache directory.
 
 // faultMode is what a fault server does with a block request it faults.
 type faultMode string
@@ -437,4 +454,216 @@ func TestFaultServerModes(t *testing.T) {
 	if passed == 0 || passed == 40 {
 		t.Errorf("SetChance(0.5): %d of 40 requests passed", passed)
 	}
+}
+
+// --- faults stored where they would be: in kubo and in the cache directory ---
+
+// flipBlockFiles flips one byte in every block file of the disk cache
+// larger than 64 KiB (leaves; the small DAG nodes needed for lookups are
+// left alone) and returns how many it changed.
+func flipBlockFiles(t *testing.T, cacheDir string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(cacheDir, "blocks"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil || len(b) <= 64<<10 {
+			return err
+		}
+		b[len(b)/3] ^= 0x01
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			return err
+		}
+		n++
+		// Keep the mtime: it orders eviction, not validity.
+		return os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	})
+	must(t, err)
+	if n == 0 {
+		t.Fatal("no block files to corrupt in the cache directory")
+	}
+	return n
+}
+
+// realCid is the published IpfsCid of sp.
+func (e *faultEnv) realCid(t *testing.T, sp string) cid.Cid {
+	t.Helper()
+	c, err := cid.Decode(e.p.narInfo(t, sp).IpfsCid)
+	must(t, err)
+	return c
+}
+
+// nar is the published NAR of sp.
+func (e *faultEnv) nar(t *testing.T, sp string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.p.cache, e.p.narInfo(t, sp).URL))
+	must(t, err)
+	return b
+}
+
+// fakeEntry writes sp's narinfo into dir with IpfsCid replaced by c and
+// signed (Sig and IpfsCidSig) by the fault key, which the mounts trust:
+// a substituter with a trusted key that publishes a bad DAG.
+func (e *faultEnv) fakeEntry(t *testing.T, dir, sp, c string) {
+	t.Helper()
+	e.p.copyEntry(t, dir, sp, func(ni *narindex.NarInfo) {
+		ni.IpfsCid = c
+		must(t, ni.Sign(e.key))
+		must(t, ni.SignCid(e.key))
+	})
+}
+
+// putBlocks stores blocks in the kubo node.
+func (e *faultEnv) putBlocks(t *testing.T, bs ...blocks.Block) {
+	t.Helper()
+	api, _, err := fetch.NewKuboClient(e.p.kubo.api)
+	must(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, b := range bs {
+		codec := "raw"
+		if b.Cid().Type() == cid.DagProtobuf {
+			codec = "dag-pb"
+		}
+		st, err := api.Block().Put(ctx, bytes.NewReader(b.RawData()), options.Block.CidCodec(codec))
+		if err != nil {
+			t.Fatalf("block put %s: %v", b.Cid(), err)
+		}
+		if got := st.Path().RootCid(); !bytes.Equal(got.Hash(), b.Cid().Hash()) {
+			t.Fatalf("kubo stored %s as %s", b.Cid(), got)
+		}
+	}
+}
+
+// getBlock fetches a block from kubo, verified.
+func (e *faultEnv) getBlock(t *testing.T, c cid.Cid) blocks.Block {
+	t.Helper()
+	k, err := fetch.NewKubo(e.p.kubo.api, 30*time.Second)
+	must(t, err)
+	b, err := fetch.Verify(k, nil).GetBlock(context.Background(), c)
+	must(t, err)
+	return b
+}
+
+// fileNode builds a dag-pb UnixFS file node over children with the given
+// block sizes and declared file size.
+func fileNode(t *testing.T, children []cid.Cid, sizes []uint64, fileSize uint64) *merkledag.ProtoNode {
+	t.Helper()
+	fsn := unixfs.NewFSNode(unixfspb.Data_File)
+	var sum uint64
+	for _, s := range sizes {
+		fsn.AddBlockSize(s)
+		sum += s
+	}
+	// AddBlockSize grows the declared size; set it to what is claimed.
+	fsn.UpdateFilesize(int64(fileSize) - int64(sum))
+	data, err := fsn.GetBytes()
+	must(t, err)
+	nd := merkledag.NodeWithData(data)
+	must(t, nd.SetCidBuilder(merkledag.V1CidPrefix()))
+	for i, c := range children {
+		must(t, nd.AddRawLink("", &ipld.Link{Cid: c, Size: sizes[i]}))
+	}
+	return nd
+}
+
+// chain puts depth single-link file nodes above the real root c, each
+// declaring the whole NAR: every block verifies, the DAG is too deep.
+func (e *faultEnv) chain(t *testing.T, c cid.Cid, depth int) cid.Cid {
+	t.Helper()
+	size := uint64(e.p.narInfoByCid(t, c).NarSize)
+	var nodes []blocks.Block
+	for range depth {
+		nd := fileNode(t, []cid.Cid{c}, []uint64{size}, size)
+		nodes = append(nodes, nd)
+		c = nd.Cid()
+	}
+	e.putBlocks(t, nodes...)
+	return c
+}
+
+// splitLie stores sp's NAR as two raw leaves under a root whose block
+// sizes move 100 bytes from the second to the first: the total is right,
+// each leaf's size is wrong.
+func (e *faultEnv) splitLie(t *testing.T, sp string) cid.Cid {
+	t.Helper()
+	nar := e.nar(t, sp)
+	half := len(nar) / 2
+	a, b := rawBlock(t, nar[:half]), rawBlock(t, nar[half:])
+	root := fileNode(t, []cid.Cid{a.Cid(), b.Cid()}, []uint64{uint64(half + 100), uint64(len(nar) - half - 100)}, uint64(len(nar)))
+	e.putBlocks(t, a, b, root)
+	return root.Cid()
+}
+
+func rawBlock(t *testing.T, data []byte) blocks.Block {
+	t.Helper()
+	c, err := cid.V1Builder{Codec: cid.Raw, MhType: 0x12}.Sum(data)
+	must(t, err)
+	b, err := blocks.NewBlockWithCid(data, c)
+	must(t, err)
+	return b
+}
+
+// shiftSizes rewrites the real root of sp's NAR with lying block sizes:
+// 100 bytes moved from the second link to the first (the total still
+// right), or, with bad sum, 100 bytes added to the first while the root
+// still declares the NAR's size.
+func (e *faultEnv) shiftSizes(t *testing.T, sp string, badSum bool) cid.Cid {
+	t.Helper()
+	real := e.getBlock(t, e.realCid(t, sp))
+	pn, err := merkledag.DecodeProtobuf(real.RawData())
+	must(t, err)
+	fsn, err := unixfs.FSNodeFromBytes(pn.Data())
+	must(t, err)
+	sizes := fsn.BlockSizes()
+	if len(sizes) < 2 {
+		t.Fatalf("root of %s has %d links", sp, len(sizes))
+	}
+	sizes[0] += 100
+	if !badSum {
+		sizes[1] -= 100
+	}
+	var children []cid.Cid
+	for _, l := range pn.Links() {
+		children = append(children, l.Cid)
+	}
+	root := fileNode(t, children, sizes, fsn.FileSize())
+	e.putBlocks(t, root)
+	return root.Cid()
+}
+
+// putLayout stores sp's NAR in kubo laid out as o says and returns the root.
+func (e *faultEnv) putLayout(t *testing.T, sp string, o fetchtest.Options) cid.Cid {
+	t.Helper()
+	st := fetchtest.NewStore()
+	root, err := st.AddFile(e.nar(t, sp), o)
+	must(t, err)
+	all, err := st.AllCids(context.Background())
+	must(t, err)
+	var bs []blocks.Block
+	for _, c := range all {
+		b, err := st.GetBlock(context.Background(), c)
+		must(t, err)
+		bs = append(bs, b)
+	}
+	e.putBlocks(t, bs...)
+	return root
+}
+
+// narInfoByCid finds the published narinfo whose IpfsCid is c.
+func (p *published) narInfoByCid(t *testing.T, c cid.Cid) *narindex.NarInfo {
+	t.Helper()
+	for _, sp := range p.closure.paths {
+		if ni := p.narInfo(t, sp); ni.IpfsCid == c.String() {
+			return ni
+		}
+	}
+	t.Fatalf("no published narinfo has IpfsCid %s", c)
+	return nil
 }
