@@ -131,10 +131,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	}
 	nar, err := fetch.OpenFile(bctx, f.cfg.Blocks, c)
 	if err != nil {
-		if errors.Is(err, fetch.ErrMalformedDAG) {
-			return nil, fmt.Errorf("%w: %s: CID %s: %v", narindex.ErrRejected, base, c, err)
-		}
-		return nil, fmt.Errorf("%s: opening NAR %s: %w", base, c, err)
+		return nil, refusal(fmt.Errorf("%s: opening NAR %s: %w", base, c, err))
 	}
 	if nar.Size() != int64(info.NarSize) {
 		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
@@ -152,7 +149,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		wctx, cancel := context.WithTimeout(ctx, f.cfg.ReadTimeout+time.Duration(info.NarSize/wholeVerifyRate)*time.Second)
 		defer cancel()
 		if err := sp.verifyWhole(wctx); err != nil {
-			return nil, err
+			return nil, refusal(err)
 		}
 		sp.listing = sp.chk.Parsed()
 		if f.files != nil {
@@ -160,7 +157,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		}
 	} else {
 		if err := sp.lazyListing(bctx, res); err != nil {
-			return nil, err
+			return nil, refusal(err)
 		}
 		sp.chk.Serve(sp.listing)
 	}
@@ -176,10 +173,20 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 			if errors.Is(err, integrity.ErrQuarantined) {
 				return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
 			}
-			return nil, err
+			return nil, refusal(err)
 		}
 	}
 	return sp, nil
+}
+
+// refusal marks err as a rejection (ENOENT, remembered) when it says the
+// CID's DAG is malformed: that is a fact about the signed data, not a
+// passing failure of a source.
+func refusal(err error) error {
+	if errors.Is(err, fetch.ErrMalformedDAG) && !errors.Is(err, narindex.ErrRejected) {
+		return fmt.Errorf("%w: %w", narindex.ErrRejected, err)
+	}
+	return err
 }
 
 // wholeVerifyRate is the slowest fetch, in bytes per second, that a path
