@@ -75,6 +75,11 @@ func OpenDisk(dir string, maxBytes int64, src fetch.BlockGetter) (*Disk, error) 
 	if err := os.MkdirAll(filepath.Join(dir, "blocks"), 0o700); err != nil {
 		return nil, err
 	}
+	// The cache is the mount's own state, like a Nix store: nobody else
+	// may write (or read) it.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
 	vfile := filepath.Join(dir, "VERSION")
 	switch v, err := os.ReadFile(vfile); {
 	case errors.Is(err, fs.ErrNotExist):

@@ -12,11 +12,14 @@ import (
 
 // fetchShared fetches c from src once for all concurrent callers asking
 // for the same multihash (key), hands the bytes to store, and returns the
-// block. The fetch outlives a caller that gives up (its ctx ends); the
-// source bounds it.
+// block. The fetch outlives a caller that is interrupted (its ctx is
+// cancelled) but keeps that caller's deadline: shared work is bounded as
+// the read that started it.
 func fetchShared(ctx context.Context, g *singleflight.Group, src fetch.BlockGetter, key string, c cid.Cid, store func(key string, data []byte)) (blocks.Block, error) {
 	ch := g.DoChan(key, func() (any, error) {
-		b, err := src.GetBlock(context.WithoutCancel(ctx), c)
+		sctx, cancel := fetch.Detach(ctx)
+		defer cancel()
+		b, err := src.GetBlock(sctx, c)
 		if err != nil {
 			return nil, err
 		}

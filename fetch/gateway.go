@@ -74,8 +74,9 @@ func (g *Gateway) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 
 // Failover asks its sources in order and returns the first block that one
 // of them delivers and that verifies; a source that fails or sends a bad
-// block costs at most its own timeout. Each source should already be
-// wrapped in Verify, so a lying source is skipped rather than trusted.
+// block costs at most its own timeout, and all of them together no more
+// than the caller's deadline. Each source should already be wrapped in
+// Verify, so a lying source is skipped rather than trusted.
 type Failover []BlockGetter
 
 // GetBlock implements BlockGetter.
@@ -86,10 +87,11 @@ func (f Failover) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 		if err == nil {
 			return b, nil
 		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 		errs = append(errs, err)
+		if ctx.Err() != nil {
+			// The caller's bound is spent: say which sources were tried.
+			return nil, fmt.Errorf("block %s: %w (after %w)", c, ctx.Err(), errors.Join(errs...))
+		}
 	}
 	if len(errs) == 0 {
 		return nil, fmt.Errorf("no block sources: %w: %s", ErrBlockNotFound, c)

@@ -107,8 +107,9 @@ type Kubo struct {
 	timeout time.Duration
 }
 
-// DefaultBlockTimeout bounds one block request to a source.
-const DefaultBlockTimeout = 30 * time.Second
+// DefaultBlockTimeout bounds one block request to one source, after which
+// the next source is tried (all within the caller's deadline).
+const DefaultBlockTimeout = 10 * time.Second
 
 // NewKubo returns a source for the kubo RPC API at addr (see KuboAPIURL).
 // timeout bounds each block request; zero means DefaultBlockTimeout.

@@ -21,6 +21,16 @@ import (
 // leaves with 174 links per node holds exabytes in 8 levels.
 const maxDepth = 32
 
+// MinChildBytes is the least a child of a UnixFS file node other than
+// its last may hold. Every chunker in use writes far larger chunks (kubo's
+// smallest fixed or content-defined minimum is kilobytes); a DAG of tiny
+// leaves is refused as malformed, since reading it costs a block request
+// per few bytes.
+const MinChildBytes = 4 << 10
+
+// maxLinks bounds the children of one node; kubo writes at most 174.
+const maxLinks = 8192
+
 // maxParallelLeaves bounds the concurrent block fetches of one ReadAt.
 const maxParallelLeaves = 8
 
@@ -205,8 +215,12 @@ func (f *File) node(ctx context.Context, l dagLink, depth int) (*dagNode, error)
 	if ok {
 		return n, nil
 	}
-	v, err, _ := f.loader.Do(key, func() (any, error) {
-		b, err := f.bg.GetBlock(ctx, l.c)
+	// Shared by concurrent readers: under a context of its own, so that
+	// one interrupted reader does not fail the others.
+	ch := f.loader.DoChan(key, func() (any, error) {
+		sctx, cancel := Detach(ctx)
+		defer cancel()
+		b, err := f.bg.GetBlock(sctx, l.c)
 		if err != nil {
 			return nil, err
 		}
@@ -222,10 +236,15 @@ func (f *File) node(ctx context.Context, l dagLink, depth int) (*dagNode, error)
 		f.mu.Unlock()
 		return n, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*dagNode), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*dagNode), nil
 }
 
 // leafData returns the bytes of one leaf, checked against the size its
@@ -283,12 +302,19 @@ func parseNode(c cid.Cid, b blocks.Block, depth int, want int64) (*dagNode, []by
 			leaf = data
 			break
 		}
+		if len(links) > maxLinks {
+			return nil, nil, fmt.Errorf("%w: %s has %d links, more than %d", ErrMalformedDAG, c, len(links), maxLinks)
+		}
 		n = &dagNode{depth: depth, data: data, links: make([]dagLink, len(links))}
 		pos := int64(len(data))
 		for i, l := range links {
 			s := int64(sizes[i])
 			if s < 0 || pos+s < pos {
 				return nil, nil, fmt.Errorf("%w: %s: block size overflow", ErrMalformedDAG, c)
+			}
+			if s < MinChildBytes && i < len(links)-1 {
+				// Tiny leaves would cost a block request per few bytes.
+				return nil, nil, fmt.Errorf("%w: %s: child %d holds %d bytes; every child but the last must hold at least %d (a DAG of tiny leaves costs far more blocks than its size needs)", ErrMalformedDAG, c, i, s, MinChildBytes)
 			}
 			n.links[i] = dagLink{c: l.Cid, start: pos, size: s}
 			pos += s

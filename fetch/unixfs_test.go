@@ -37,8 +37,8 @@ var layouts = []struct {
 	{"default-3MiB", 3<<20 + 12345, fetchtest.DefaultOptions},
 	{"pb-leaves-v0", 700000, fetchtest.Options{ChunkSize: 256 << 10, CidV0: true}},
 	// Small chunks and few links give a DAG three levels deep.
-	{"deep-raw", 100000, fetchtest.Options{ChunkSize: 1000, RawLeaves: true, MaxLinks: 7}},
-	{"deep-pb", 50000, fetchtest.Options{ChunkSize: 999, MaxLinks: 5}},
+	{"deep-raw", 400000, fetchtest.Options{ChunkSize: 4096, RawLeaves: true, MaxLinks: 7}},
+	{"deep-pb", 300000, fetchtest.Options{ChunkSize: 4099, MaxLinks: 5}},
 }
 
 func TestFileReadAtMatchesContent(t *testing.T) {
@@ -250,7 +250,7 @@ func TestOpenFileRejectsMalformed(t *testing.T) {
 func TestKnownBlocksCoversFile(t *testing.T) {
 	ctx := context.Background()
 	st := fetchtest.NewStore()
-	root, err := st.AddFile(randomBytes(60000, 8), fetchtest.Options{ChunkSize: 1000, RawLeaves: true, MaxLinks: 6})
+	root, err := st.AddFile(randomBytes(240000, 8), fetchtest.Options{ChunkSize: 4096, RawLeaves: true, MaxLinks: 6})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,5 +325,36 @@ func BenchmarkFileReadAt(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/max(baseNs, 1), "x-memcpy")
 		})
+	}
+}
+
+// A DAG whose shape costs far more blocks than its size needs (children
+// below MinChildBytes before the last) is refused as malformed, at the
+// first node that shows it, before its leaves are fetched.
+func TestTinyLeavesRefused(t *testing.T) {
+	for _, tc := range []struct {
+		chunk int64
+		ok    bool
+	}{{64, false}, {fetch.MinChildBytes - 1, false}, {fetch.MinChildBytes, true}, {256 << 10, true}} {
+		st := fetchtest.NewStore()
+		data := randomBytes(200000, 9)
+		root, err := st.AddFile(data, fetchtest.Options{ChunkSize: tc.chunk, RawLeaves: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := fetch.OpenFile(context.Background(), st, root)
+		if err == nil {
+			buf := make([]byte, len(data))
+			_, err = f.ReadAt(context.Background(), buf, 0)
+			if err == nil && !bytes.Equal(buf, data) {
+				t.Fatalf("chunk %d: wrong bytes", tc.chunk)
+			}
+		}
+		if tc.ok && err != nil {
+			t.Errorf("chunk %d: %v", tc.chunk, err)
+		}
+		if !tc.ok && !errors.Is(err, fetch.ErrMalformedDAG) {
+			t.Errorf("chunk %d: %v, want ErrMalformedDAG", tc.chunk, err)
+		}
 	}
 }

@@ -34,8 +34,8 @@ const (
 	defaultMemoryCache   = 64 << 20
 	defaultCacheSize     = 10 << 30
 	defaultReadahead     = 8 << 20
-	defaultReadTimeout   = 30 * time.Second
-	defaultBlockTimeout  = 10 * time.Second
+	defaultReadTimeout   = fetch.DefaultReadTimeout
+	defaultBlockTimeout  = fetch.DefaultBlockTimeout
 	defaultMaxEntries    = 1_000_000
 	defaultListingMemory = 256 << 20
 )
@@ -345,11 +345,15 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	sources = append(sources, fetch.Verify(kubo, &fetched))
 	names = append(names, kubo.String())
-	var below fetch.BlockGetter = sources
+	// A block that no source delivered fails again at once for a few
+	// seconds: the kernel's immediate retries of a failed read must not
+	// each wait the whole --read-timeout.
+	remembered := fetch.RememberFailures(sources, fetch.DefaultFailureMemory)
+	var below = remembered
 	var disk *cache.Disk
 	if c.CacheDir != "" {
 		// Blocks and local file copies share the quota half and half.
-		disk, err = cache.OpenDisk(c.CacheDir, c.CacheSize/2, sources)
+		disk, err = cache.OpenDisk(c.CacheDir, c.CacheSize/2, remembered)
 		if err != nil {
 			return usageError{fmt.Errorf("--cache-dir: %w", err)}
 		}
