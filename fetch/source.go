@@ -68,7 +68,11 @@ type verifier struct {
 func (v *verifier) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	b, err := v.src.GetBlock(ctx, c)
 	if err == nil {
-		err = CheckBlock(c, b.RawData())
+		if err = CheckBlock(c, b.RawData()); err != nil {
+			if name, ok := v.src.(fmt.Stringer); ok { // say who sent it
+				err = fmt.Errorf("%s: %w", name, err)
+			}
+		}
 	}
 	if err != nil {
 		if v.stats != nil {
