@@ -23,7 +23,7 @@ const entryOverhead = 200
 
 // idleFor is how long a path must have gone unused before it is offered
 // back to the kernel.
-const idleFor = time.Second
+var idleFor = time.Second
 
 // estimateListing returns the estimated memory of listing l.
 func estimateListing(l *narindex.Listing) int64 {

@@ -199,3 +199,43 @@ func TestInterruptedLookupFailsAlone(t *testing.T) {
 		t.Errorf("the other lookup failed with the first one: %v", err2)
 	}
 }
+
+// Listings are bounded: past ListingMemory, the listing of an idle path
+// is offered back to the kernel and dropped once forgotten; its next
+// lookup finds it again, intact.
+func TestIdleListingsDropped(t *testing.T) {
+	old := idleFor
+	idleFor = 0
+	t.Cleanup(func() { idleFor = old })
+	e := newEnv(t, Config{ListingMemory: 1})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	first := e.add(t, "first", nar, nar, ls)
+	e.res.mu.Lock()
+	res := e.res.paths[first]
+	second := "1c6kzph7l0dcbfmjap64f0czdafn3b7x-second"
+	e.res.paths[second] = res // same NAR, another name
+	e.res.mu.Unlock()
+	if _, err := os.ReadFile(filepath.Join(e.dir, first, "share/doc/readme")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if _, err := os.Lstat(filepath.Join(e.dir, second)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "an idle listing dropped", func() bool { return e.fsys.Stats.ListingsDropped.Load() >= 1 })
+	e.fsys.mu.Lock()
+	_, kept := e.fsys.paths[first]
+	e.fsys.mu.Unlock()
+	if kept {
+		t.Fatal("the idle path's listing is still held")
+	}
+	calls := e.res.calls
+	got, err := os.ReadFile(filepath.Join(e.dir, first, "share/doc/readme"))
+	if err != nil || string(got) != "read me\n" {
+		t.Fatalf("read after the listing was dropped: %q %v", got, err)
+	}
+	if e.res.calls == calls {
+		t.Fatal("the dropped path was not resolved again")
+	}
+}
