@@ -18,12 +18,14 @@ const DefaultReadTimeout = 30 * time.Second
 // DefaultFailureMemory is how long RememberFailures keeps a failure.
 const DefaultFailureMemory = 5 * time.Second
 
-// RememberFailures wraps src so that a block whose fetch failed (every
-// source refused it, sent bad bytes or did not answer in time) fails again
-// at once for ttl, instead of costing the whole bound again. The kernel
-// retries a failed read at once (a read-ahead page, then the read itself);
-// without this, each retry would wait the full bound again. A fetch that
-// was cancelled by its caller is not remembered, and a failure is never
+// RememberFailures wraps src so that a block whose fetch ran out of time
+// (a source or the caller's deadline expired before any source delivered
+// it) fails again at once for ttl, instead of costing the whole bound
+// again. The kernel retries a failed read at once (a read-ahead page, then
+// the read itself); without this, each retry would wait the full bound
+// again. Failures that cost no time (a refused connection, a cut stream,
+// bad bytes) are not remembered: trying again is cheap and may succeed. A
+// fetch cancelled by its caller is not remembered either, and nothing is
 // kept longer than ttl: sources come back.
 func RememberFailures(src BlockGetter, ttl time.Duration) BlockGetter {
 	if ttl <= 0 {
@@ -46,7 +48,7 @@ func (m *failureMemo) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, er
 		return nil, fmt.Errorf("block %s %w: %w", c, ErrRecentlyFailed, err)
 	}
 	b, err := m.src.GetBlock(ctx, c)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		m.failed.Add(key, err)
 	}
 	return b, err

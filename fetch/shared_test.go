@@ -3,6 +3,7 @@ package fetch_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -84,7 +85,7 @@ func TestRememberFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := 0
-	var fail error = errors.New("no source answered")
+	var fail error = fmt.Errorf("no source answered: %w", context.DeadlineExceeded)
 	src := fetch.BlockGetterFunc(func(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		calls++
 		if fail != nil {
@@ -108,12 +109,14 @@ func TestRememberFailures(t *testing.T) {
 	if _, err := m.GetBlock(ctx, root); err != nil {
 		t.Fatalf("after the memory ended: %v", err)
 	}
-	fail = context.Canceled
 	other, _ := st.AddFile(randomBytes(100, 4), fetchtest.Options{ChunkSize: 256 << 10, RawLeaves: true})
-	m.GetBlock(ctx, other)
-	fail = nil
-	if _, err := m.GetBlock(ctx, other); err != nil {
-		t.Fatalf("an interrupted fetch was remembered: %v", err)
+	for _, quick := range []error{context.Canceled, errors.New("connection reset"), fetch.ErrHashMismatch} {
+		fail = quick
+		m.GetBlock(ctx, other)
+		fail = nil
+		if _, err := m.GetBlock(ctx, other); err != nil {
+			t.Fatalf("a failure that cost no time (%v) was remembered: %v", quick, err)
+		}
 	}
 }
 

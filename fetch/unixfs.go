@@ -102,6 +102,19 @@ func OpenFile(ctx context.Context, bg BlockGetter, c cid.Cid) (*File, error) {
 	}
 	f.root = n
 	f.size = n.size
+	// Walk down the first link of every level: a DAG of tiny leaves (or
+	// any shape parseNode refuses) is refused here, at the cost of one
+	// block per level, rather than on the first read.
+	for n, depth := f.root, 0; len(n.links) > 0; depth++ {
+		child, err := f.node(ctx, n.links[0], depth+1)
+		if err != nil {
+			return nil, err
+		}
+		if child == nil {
+			break
+		}
+		n = child
+	}
 	return f, nil
 }
 

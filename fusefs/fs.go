@@ -116,6 +116,7 @@ type FS struct {
 
 	lookups  singleflight.Group
 	rejected *expirable.LRU[string, error] // store paths refused at load
+	idleFor  time.Duration                 // see listings.go
 }
 
 // New returns a filesystem serving cfg.
@@ -143,7 +144,7 @@ func New(cfg Config) (*FS, error) {
 		cfg.ReadaheadWorkers = defaultWorkers
 	}
 	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath),
-		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL)}
+		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL), idleFor: idleFor}
 	f.root = &rootNode{fsys: f}
 	if cfg.FilesDir != "" {
 		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log, &f.Stats)

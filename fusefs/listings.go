@@ -10,20 +10,20 @@ import (
 // Listing memory. Every accepted store path holds its listing, its inode
 // ordinals and, for directories listed, their sorted entries. Their size is
 // estimated when the path is loaded and added up; when the sum passes
-// Config.ListingMemory, the least recently used paths are offered back to
-// the kernel (an entry notification for their name in the root). Once the
-// kernel has forgotten a path's top inode (nothing holds it open or as a
-// working directory), the path is dropped and found again, narinfo and
-// listing, by its next lookup. A path the kernel keeps cannot be dropped;
-// the sum may then stay above the budget, and that is logged.
+// Config.ListingMemory, the least recently used idle paths are dropped:
+// forgotten here, and their names in the root invalidated in the kernel,
+// so that the next lookup finds them again, narinfo and listing. Inodes
+// the kernel still holds (open files, working directories) keep their old
+// listing alive until it forgets them; nothing is ever served from a
+// listing other than the one authenticated for the path.
 
 // Estimated bytes per listing entry beside its name and target: the node,
 // its map slot, its ordinal and, when listed, its directory entry.
 const entryOverhead = 200
 
-// idleFor is how long a path must have gone unused before it is offered
-// back to the kernel.
-var idleFor = time.Second
+// idleFor is how long a path must have gone unused before its listing
+// may be dropped (FS.idleFor, changed by tests).
+const idleFor = time.Second
 
 // estimateListing returns the estimated memory of listing l.
 func estimateListing(l *narindex.Listing) int64 {
@@ -50,7 +50,7 @@ func (f *FS) trimListings() {
 	if f.listingBytes.Load() <= f.cfg.ListingMemory {
 		return
 	}
-	cutoff := time.Now().Add(-idleFor).UnixNano()
+	cutoff := time.Now().Add(-f.idleFor).UnixNano()
 	f.mu.Lock()
 	var idle []*storePath
 	for _, sp := range f.paths {
@@ -61,39 +61,32 @@ func (f *FS) trimListings() {
 	f.mu.Unlock()
 	sort.Slice(idle, func(i, j int) bool { return idle[i].lastUse.Load() < idle[j].lastUse.Load() })
 	over := f.listingBytes.Load() - f.cfg.ListingMemory
-	var offered []string
+	var dropped []string
+	f.mu.Lock()
 	for _, sp := range idle {
 		if over <= 0 {
 			break
 		}
-		sp.dropping.Store(true)
+		if f.paths[sp.base] != sp || sp.quarantined() {
+			continue
+		}
+		delete(f.paths, sp.base)
+		f.listingBytes.Add(-sp.bytes)
 		over -= sp.bytes
-		offered = append(offered, sp.base)
+		dropped = append(dropped, sp.base)
 	}
-	for _, base := range offered {
+	if len(dropped) > 0 {
+		f.rootGen.Add(1)
+	}
+	f.mu.Unlock()
+	for _, base := range dropped {
+		f.Stats.ListingsDropped.Add(1)
 		f.root.NotifyEntry(base)
+		f.log.Debug("listing of idle store path dropped", "path", base)
 	}
 	if over > 0 {
-		f.log.Warn("store path listings exceed --listing-memory; the kernel holds the rest", "bytes", f.listingBytes.Load(), "limit", f.cfg.ListingMemory)
+		f.log.Warn("store path listings exceed --listing-memory even without idle paths", "bytes", f.listingBytes.Load(), "limit", f.cfg.ListingMemory)
 	}
-}
-
-// forgotten is called when the kernel has forgotten the top inode of sp: if
-// sp was offered back, its listing is dropped.
-func (f *FS) forgotten(sp *storePath) {
-	if !sp.dropping.Load() {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.paths[sp.base] != sp {
-		return
-	}
-	delete(f.paths, sp.base)
-	f.listingBytes.Add(-sp.bytes)
-	f.Stats.ListingsDropped.Add(1)
-	f.rootGen.Add(1)
-	f.log.Debug("listing of idle store path dropped", "path", sp.base, "bytes", sp.bytes)
 }
 
 // ListingBytes is the estimated memory of the listings held.

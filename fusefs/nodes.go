@@ -168,14 +168,6 @@ func (sp *storePath) fillAttr(ln *narindex.ListingNode, ord uint32, a *fuse.Attr
 	}
 }
 
-// OnForget: when the kernel forgets a store path's top inode, the path's
-// listing may be dropped (see listings.go).
-func (n *entryNode) OnForget() {
-	if n.ln == n.sp.listing.Root {
-		n.sp.fs.forgotten(n.sp)
-	}
-}
-
 func (n *entryNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if n.sp.quarantined() {
 		return syscall.EIO

@@ -43,9 +43,8 @@ type storePath struct {
 	// copiesKey names the local copies' directory: the NarHash in nix32.
 	copiesKey string
 
-	bytes    int64        // estimated memory of the listing (see listings.go)
-	lastUse  atomic.Int64 // unix nanoseconds
-	dropping atomic.Bool  // offered back to the kernel to free its listing
+	bytes   int64        // estimated memory of the listing (see listings.go)
+	lastUse atomic.Int64 // unix nanoseconds
 }
 
 func (sp *storePath) state() integrity.State { return sp.chk.State() }

@@ -204,10 +204,8 @@ func TestInterruptedLookupFailsAlone(t *testing.T) {
 // is offered back to the kernel and dropped once forgotten; its next
 // lookup finds it again, intact.
 func TestIdleListingsDropped(t *testing.T) {
-	old := idleFor
-	idleFor = 0
-	t.Cleanup(func() { idleFor = old })
 	e := newEnv(t, Config{ListingMemory: 1})
+	e.fsys.idleFor = 0
 	tree := testTree()
 	nar, ls := makeNar(t, tree)
 	first := e.add(t, "first", nar, nar, ls)
@@ -223,18 +221,21 @@ func TestIdleListingsDropped(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(e.dir, second)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "an idle listing dropped", func() bool { return e.fsys.Stats.ListingsDropped.Load() >= 1 })
-	e.fsys.mu.Lock()
-	_, kept := e.fsys.paths[first]
-	e.fsys.mu.Unlock()
-	if kept {
-		t.Fatal("the idle path's listing is still held")
-	}
+	waitFor(t, "the idle path's listing dropped", func() bool {
+		e.fsys.mu.Lock()
+		defer e.fsys.mu.Unlock()
+		_, kept := e.fsys.paths[first]
+		return !kept && e.fsys.Stats.ListingsDropped.Load() >= 1
+	})
+	e.res.mu.Lock()
 	calls := e.res.calls
+	e.res.mu.Unlock()
 	got, err := os.ReadFile(filepath.Join(e.dir, first, "share/doc/readme"))
 	if err != nil || string(got) != "read me\n" {
 		t.Fatalf("read after the listing was dropped: %q %v", got, err)
 	}
+	e.res.mu.Lock()
+	defer e.res.mu.Unlock()
 	if e.res.calls == calls {
 		t.Fatal("the dropped path was not resolved again")
 	}
