@@ -10,13 +10,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
 // Local copies found at start are checked before use: every copy is
 // hashed again against the manifest written beside it (see passthrough.go
-// for the layout). Until the check has passed, reads go through verified
-// blocks; a mismatch drops the directory.
+// for the layout), all of a directory in the background from the first
+// lookup of a path with its NarHash, and one copy at a time, on its first
+// open, when that open comes before the background pass is done. A copy is
+// never handed to the kernel unchecked; a mismatch drops the directory.
 
 // check starts hashing, in the background, the copies of the NAR whose
 // hash is nh if they were found at start and not checked yet, and marks
@@ -53,65 +56,134 @@ func (fl *files) check(nh string) {
 	})
 }
 
-// usable reports whether sp's local copies may be handed to the kernel:
-// they exist and were written or checked by this process.
-func (fl *files) usable(sp *storePath) bool {
+// checkOne checks, before its first use, the copy open as fd of the file
+// at NAR offset off in directory nh, when that directory was found at
+// start and its background check has not finished: it hashes the copy
+// against the manifest (the kernel then reads it from the page cache).
+// A mismatch drops the directory.
+func (fl *files) checkOne(nh string, off int64, fd int) error {
+	key := nh + "/" + strconv.FormatInt(off, 10)
+	fl.mu.Lock()
+	_, pending := fl.state[nh]
+	done := fl.checked[key]
+	fl.mu.Unlock()
+	if !pending || done {
+		return nil
+	}
+	p := filepath.Join(fl.dir, nh)
+	err := checkCopy(p, off, fd)
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
-	_, checking := fl.state[sp.copiesKey]
-	return !checking && fl.lru.Contains(sp.copiesKey)
+	if err != nil {
+		fl.stats.LocalCopiesDropped.Add(1)
+		fl.log.Warn("local copies differ from their manifest; dropped", "dir", p, "err", err)
+		fl.dropLocked(nh)
+		return err
+	}
+	fl.checked[key] = true
+	return nil
+}
+
+// checkCopy hashes the copy open as fd against the manifest line for off.
+func checkCopy(p string, off int64, fd int) error {
+	want, err := readManifest(p)
+	if err != nil {
+		return err
+	}
+	sum, ok := want[strconv.FormatInt(off, 10)]
+	if !ok {
+		return fmt.Errorf("copy %d is not in the manifest", off)
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for pos := int64(0); ; {
+		n, err := syscall.Pread(fd, buf, pos)
+		if n > 0 {
+			h.Write(buf[:n])
+			pos += int64(n)
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum.sha {
+		return fmt.Errorf("copy %d has SHA-256 %s, manifest says %s", off, got, sum.sha)
+	}
+	return nil
+}
+
+type manifestEntry struct {
+	size int64
+	sha  string
+}
+
+// readManifest parses the manifest of the copies in directory p, by file
+// name (the NAR offset in decimal).
+func readManifest(p string) (map[string]manifestEntry, error) {
+	data, err := os.ReadFile(filepath.Join(p, "manifest"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]manifestEntry{}
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		bad := fmt.Errorf("manifest line %q", strings.TrimSpace(line))
+		if len(f) != 3 || len(f[2]) != 64 {
+			return nil, bad
+		}
+		size, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil || size < 0 {
+			return nil, bad
+		}
+		if off, err := strconv.ParseInt(f[0], 10, 64); err != nil || off < 0 || strconv.FormatInt(off, 10) != f[0] {
+			return nil, bad
+		}
+		out[f[0]] = manifestEntry{size, f[2]}
+	}
+	return out, nil
 }
 
 // checkCopies hashes every copy in dir p against its manifest, and
 // refuses files the manifest does not name.
 func checkCopies(ctx context.Context, p string) error {
-	data, err := os.ReadFile(filepath.Join(p, "manifest"))
+	want, err := readManifest(p)
 	if err != nil {
 		return err
-	}
-	want := map[string]string{"manifest": ""}
-	for line := range strings.Lines(string(data)) {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
-		}
-		size, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil || size < 0 {
-			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
-		}
-		if _, err := strconv.ParseInt(f[0], 10, 64); err != nil {
-			return fmt.Errorf("manifest line %q", strings.TrimSpace(line))
-		}
-		want[f[0]] = f[2]
-		fi, err := os.Stat(filepath.Join(p, f[0]))
-		if err != nil {
-			return err
-		}
-		if fi.Size() != size {
-			return fmt.Errorf("copy %s is %d bytes, manifest says %d", f[0], fi.Size(), size)
-		}
 	}
 	ents, err := os.ReadDir(p)
 	if err != nil {
 		return err
 	}
+	if len(ents) != len(want)+1 {
+		return fmt.Errorf("%d files for %d copies in the manifest", len(ents)-1, len(want))
+	}
 	for _, e := range ents {
-		sum, ok := want[e.Name()]
-		if !ok {
-			return fmt.Errorf("%s is not in the manifest", e.Name())
-		}
 		if e.Name() == "manifest" {
 			continue
 		}
+		m, ok := want[e.Name()]
+		if !ok {
+			return fmt.Errorf("%s is not in the manifest", e.Name())
+		}
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if fi.Size() != m.size {
+			return fmt.Errorf("copy %s is %d bytes, manifest says %d", e.Name(), fi.Size(), m.size)
 		}
 		got, err := hashFile(filepath.Join(p, e.Name()))
 		if err != nil {
 			return err
 		}
-		if got != sum {
-			return fmt.Errorf("copy %s has SHA-256 %s, manifest says %s", e.Name(), got, sum)
+		if got != m.sha {
+			return fmt.Errorf("copy %s has SHA-256 %s, manifest says %s", e.Name(), got, m.sha)
 		}
 	}
 	return nil

@@ -60,7 +60,10 @@ type Config struct {
 	// ListingMemory bounds the memory of the listings held (default 256
 	// MiB); listings of paths the kernel has forgotten are dropped first.
 	ListingMemory int64
-	Log           *slog.Logger
+	// OnListings, if set, is told the estimated memory of the listings
+	// held whenever it changes (cmd/ipnix sets the GC limit from it).
+	OnListings func(bytes int64)
+	Log        *slog.Logger
 }
 
 // Defaults for Config.

@@ -77,6 +77,7 @@ func (f *FS) trimListings() {
 	}
 	if len(dropped) > 0 {
 		f.rootGen.Add(1)
+		f.listingsChanged(f.listingBytes.Load())
 	}
 	f.mu.Unlock()
 	for _, base := range dropped {
@@ -91,3 +92,11 @@ func (f *FS) trimListings() {
 
 // ListingBytes is the estimated memory of the listings held.
 func (f *FS) ListingBytes() int64 { return f.listingBytes.Load() }
+
+// listingsChanged reports the listings' new total to Config.OnListings.
+// Callers hold f.mu, so reports arrive in order.
+func (f *FS) listingsChanged(total int64) {
+	if f.cfg.OnListings != nil {
+		f.cfg.OnListings(total)
+	}
+}

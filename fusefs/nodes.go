@@ -249,7 +249,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		h.ra = fetch.NewReadahead(fsys.cfg.Readahead)
 		f.prefetchSmall(h.stopped(f.sp))
 	}
-	if fsys.files != nil && f.ln.Size >= passthroughMin && f.sp.fs.files.usable(f.sp) {
+	if fsys.files != nil && f.ln.Size >= passthroughMin {
 		fd, err := fsys.files.open(f.sp.copiesKey, f.ln)
 		if err != nil {
 			fsys.log.Debug("no passthrough", "path", f.sp.base, "err", err)

@@ -66,11 +66,12 @@ type files struct {
 
 	stats *Stats
 
-	mu    sync.Mutex
-	lru   *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
-	used  int64
-	busy  map[string]bool      // being written
-	state map[string]copyState // absent: written by this process, usable
+	mu      sync.Mutex
+	lru     *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
+	used    int64
+	busy    map[string]bool      // being written
+	state   map[string]copyState // absent: written by this process, or checked
+	checked map[string]bool      // "<dir>/<offset>": copies checked one by one
 }
 
 // copyState is where a directory found at start stands.
@@ -97,7 +98,7 @@ func openFiles(dir string, quota int64, log *slog.Logger, stats *Stats) (*files,
 	lru, _ := simplelru.NewLRU[string, int64](math.MaxInt, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	fl := &files{dir: dir, quota: quota, log: log, stats: stats, ctx: ctx, cancel: cancel, lru: lru,
-		busy: map[string]bool{}, state: map[string]copyState{}}
+		busy: map[string]bool{}, state: map[string]copyState{}, checked: map[string]bool{}}
 	type found struct {
 		name string
 		size int64
@@ -186,6 +187,10 @@ func (fl *files) open(nh string, ln *narindex.ListingNode) (int, error) {
 		fl.drop(nh)
 		return -1, fmt.Errorf("local copy %s is %d bytes, want %d", p, st.Size, ln.Size)
 	}
+	if err := fl.checkOne(nh, ln.NarOffset, fd); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
 	return fd, nil
 }
 
@@ -198,6 +203,11 @@ func (fl *files) drop(nh string) {
 
 func (fl *files) dropLocked(nh string) {
 	delete(fl.state, nh)
+	for k := range fl.checked {
+		if strings.HasPrefix(k, nh+"/") {
+			delete(fl.checked, k)
+		}
+	}
 	if size, ok := fl.lru.Peek(nh); ok {
 		fl.lru.Remove(nh)
 		fl.used -= size

@@ -87,7 +87,9 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 		sp.index = f.next
 		f.paths[base] = sp
 		sp.touch()
-		if f.listingBytes.Add(sp.bytes) > f.cfg.ListingMemory {
+		total := f.listingBytes.Add(sp.bytes)
+		f.listingsChanged(total)
+		if total > f.cfg.ListingMemory {
 			go f.trimListings()
 		}
 		// The kernel keeps the root's listing (directories are cached

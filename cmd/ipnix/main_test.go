@@ -254,8 +254,11 @@ func TestMemoryLimitCoversListings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, min := memoryLimit(c), int64(64<<20+512<<20); got <= min {
+	if got, min := memoryLimit(c, 512<<20), int64(64<<20+512<<20); got <= min {
 		t.Fatalf("memory limit %d leaves no headroom over cache and listings (%d)", got, min)
+	}
+	if got, max := memoryLimit(c, 0), int64(64<<20+128<<20); got > max {
+		t.Fatalf("memory limit %d with no listings held, want at most %d", got, max)
 	}
 }
 

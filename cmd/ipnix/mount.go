@@ -290,11 +290,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// Keep the process near its configured size: the cache holds large
 	// pointer-free byte slices, so a tighter GC costs little, while the
 	// default (heap may double before a collection) would let RSS reach
-	// twice the cache. Listings have a budget of their own, so the limit
-	// covers both: a limit below what they may hold would have the GC run
-	// without end. GOMEMLIMIT, when set, wins.
+	// twice the cache. The limit follows the listings actually held (the
+	// mount reports their estimated size as it changes): a limit below
+	// what they hold would have the GC run without end, one at their full
+	// budget would let garbage grow into it. GOMEMLIMIT, when set, wins.
+	var onListings func(int64)
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit(c))
+		debug.SetMemoryLimit(memoryLimit(c, 0))
+		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
 
 	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs, RequireCidSig: c.RequireCidSig}
@@ -377,6 +380,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		FilesDir:   filesDir,
 		FilesQuota: c.CacheSize / 2,
 		Resolver:   res,
+		OnListings: onListings,
 		Blocks:     mem,
 		Evict:      evict,
 		Readahead:  readahead,
@@ -433,8 +437,11 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // memoryLimit is the soft limit for the Go heap: the block cache, the
 // listings' budget and room for everything else.
-func memoryLimit(c *mountConfig) int64 {
-	return c.MemoryCache + c.ListingMemory + memoryHeadroom
+// memoryLimit is the GC's soft limit with listings of listingBytes (as
+// estimated) held: the block cache, twice the listings (the estimate is
+// rough, and parsing one needs room), and headroom.
+func memoryLimit(c *mountConfig, listingBytes int64) int64 {
+	return c.MemoryCache + 2*min(listingBytes, c.ListingMemory) + memoryHeadroom
 }
 
 // listenMetrics listens on addr, and checks the address it got as well as
