@@ -105,7 +105,12 @@ type FS struct {
 
 	mu    sync.Mutex
 	paths map[string]*storePath // accepted store paths by basename
-	next  uint32                // last store-path index handed out
+	// pinned names the store paths of the closures given at start, with
+	// their index: listed in the root even while their listing is dropped
+	// (Nix drops from its database what the store's listing lacks), and
+	// found again under the same inode numbers.
+	pinned map[string]uint32
+	next   uint32 // last store-path index handed out
 
 	rootGen      atomic.Uint32 // bumped when a store path is added or dropped
 	listingBytes atomic.Int64  // estimated memory of the listings held
@@ -116,6 +121,9 @@ type FS struct {
 	// (keeping their pages cached), which halves the round trips of a
 	// walk over many small files. Set by Mount.
 	opens atomic.Bool
+	// served is set once the kernel has mounted the filesystem: before
+	// that (paths preloaded at start) there is no kernel cache to notify.
+	served atomic.Bool
 
 	lookups  singleflight.Group
 	rejected *expirable.LRU[string, error] // store paths refused at load
@@ -146,7 +154,7 @@ func New(cfg Config) (*FS, error) {
 	if cfg.ReadaheadWorkers <= 0 {
 		cfg.ReadaheadWorkers = defaultWorkers
 	}
-	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath),
+	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath), pinned: map[string]uint32{},
 		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL), idleFor: idleFor}
 	f.root = &rootNode{fsys: f}
 	if cfg.FilesDir != "" {

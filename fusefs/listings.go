@@ -82,7 +82,9 @@ func (f *FS) trimListings() {
 	f.mu.Unlock()
 	for _, base := range dropped {
 		f.Stats.ListingsDropped.Add(1)
-		f.root.NotifyEntry(base)
+		if f.served.Load() {
+			f.root.NotifyEntry(base)
+		}
 		f.log.Debug("listing of idle store path dropped", "path", base)
 	}
 	if over > 0 {

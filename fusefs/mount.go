@@ -102,6 +102,7 @@ func newServer(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 	// would turn opens, and so passthrough, off for the mount's life.
 	raw.onInit = func(s *fuse.Server) {
 		f.opens.Store(wantOpens(f.files != nil, o.NoPassthrough, os.Geteuid() == 0, s.KernelSettings().Flags64()))
+		f.served.Store(true)
 	}
 	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {

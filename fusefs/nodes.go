@@ -91,11 +91,23 @@ func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		}
 	}
 	r.fsys.mu.Unlock()
-	sort.Slice(paths, func(i, j int) bool { return paths[i].base < paths[j].base })
-	out := make([]fuse.DirEntry, 0, len(paths))
+	// Closures given at start stay listed while their listing is
+	// dropped; the kernel looks them up again to learn their type.
+	r.fsys.mu.Lock()
+	var unloaded []fuse.DirEntry
+	for base, idx := range r.fsys.pinned {
+		if r.fsys.paths[base] == nil {
+			unloaded = append(unloaded, fuse.DirEntry{Name: base, Ino: ino(idx, 0)})
+		}
+	}
+	r.fsys.mu.Unlock()
+	out := make([]fuse.DirEntry, 0, len(paths)+len(unloaded)+2)
+	out = append(out, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: 1}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: 1})
 	for _, sp := range paths {
 		out = append(out, fuse.DirEntry{Name: sp.base, Mode: modeOf(sp.listing.Root), Ino: ino(sp.index, 0)})
 	}
+	out = append(out, unloaded...)
+	sort.Slice(out[2:], func(i, j int) bool { return out[2+i].Name < out[2+j].Name })
 	return fs.NewListDirStream(out), 0
 }
 
@@ -378,7 +390,7 @@ func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
 // attributes are dropped.
 func (f *FS) forget(base string, skip *fs.Inode) {
 	top := f.root.GetChild(base)
-	if top == nil {
+	if top == nil || !f.served.Load() {
 		return
 	}
 	type entry struct {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/integrity"
@@ -78,27 +79,7 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 		if err != nil {
 			return nil, err
 		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if old := f.paths[base]; old != nil {
-			return old, nil
-		}
-		f.next++
-		sp.index = f.next
-		f.paths[base] = sp
-		sp.touch()
-		total := f.listingBytes.Add(sp.bytes)
-		f.listingsChanged(total)
-		if total > f.cfg.ListingMemory {
-			go f.trimListings()
-		}
-		// The kernel keeps the root's listing (directories are cached
-		// without asking, see noOpendir). A new root mtime, fetched again
-		// once the notification has dropped the root's attributes, makes
-		// it list the newcomer.
-		f.rootGen.Add(1)
-		go f.root.NotifyContent(0, 0)
-		return sp, nil
+		return f.register(base, sp), nil
 	})
 	select {
 	case r := <-ch:
@@ -112,6 +93,63 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// register adds a loaded store path to the mount, unless another lookup
+// got there first, and returns the one that is registered.
+func (f *FS) register(base string, sp *storePath) *storePath {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old := f.paths[base]; old != nil {
+		return old
+	}
+	if idx := f.pinned[base]; idx != 0 {
+		sp.index = idx
+	} else {
+		f.next++
+		sp.index = f.next
+	}
+	f.paths[base] = sp
+	sp.touch()
+	total := f.listingBytes.Add(sp.bytes)
+	f.listingsChanged(total)
+	if total > f.cfg.ListingMemory {
+		go f.trimListings()
+	}
+	// The kernel keeps the root's listing (directories are cached without
+	// asking, see noOpendir). A new root mtime, fetched again once the
+	// notification has dropped the root's attributes, makes it list the
+	// newcomer.
+	f.rootGen.Add(1)
+	if f.served.Load() {
+		go f.root.NotifyContent(0, 0)
+	}
+	return sp
+}
+
+// Preload loads the store paths of resolved closures before the mount
+// serves, up to workers at a time, so that the root lists all of them
+// from the start; they stay listed for the mount's life (a listing
+// dropped for memory is found again on lookup). The first path that
+// cannot be loaded is the error.
+func (f *FS) Preload(ctx context.Context, closure []*narindex.Resolved, workers int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(workers, 1))
+	for _, res := range closure {
+		base := res.Path.Base()
+		g.Go(func() error {
+			sp, err := f.load(gctx, base, res)
+			if err != nil {
+				return err
+			}
+			sp = f.register(base, sp)
+			f.mu.Lock()
+			f.pinned[base] = sp.index
+			f.mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // load opens the NAR behind an accepted narinfo and decides how the path

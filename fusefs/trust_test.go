@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -238,5 +241,38 @@ func TestIdleListingsDropped(t *testing.T) {
 	defer e.res.mu.Unlock()
 	if e.res.calls == calls {
 		t.Fatal("the dropped path was not resolved again")
+	}
+}
+
+// Closures given at start are loaded before anything is looked up: the
+// root lists them (with . and ..) at once, and they stay listed.
+func TestPreloadListsClosure(t *testing.T) {
+	e := newEnv(t, Config{})
+	nar, ls := makeNar(t, testTree())
+	first := e.add(t, "first", nar, nar, ls)
+	e.res.mu.Lock()
+	res := *e.res.paths[first]
+	res.Path, _ = narindex.ParseStorePathBase(first)
+	second := res
+	second.Path, _ = narindex.ParseStorePathBase("1c6kzph7l0dcbfmjap64f0czdafn3b7x-second")
+	e.res.calls = 0
+	e.res.mu.Unlock()
+	if err := e.fsys.Preload(context.Background(), []*narindex.Resolved{&res, &second}, 2); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ls", "-a", e.dir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Fields(string(out)), []string{".", "..", first, second.Path.Base()}; !slices.Equal(got, want) {
+		t.Fatalf("ls -a of the root: %q, want %q", got, want)
+	}
+	if _, err := os.ReadFile(filepath.Join(e.dir, second.Path.Base(), "share/doc/readme")); err != nil {
+		t.Fatal(err)
+	}
+	e.res.mu.Lock()
+	defer e.res.mu.Unlock()
+	if e.res.calls != 0 {
+		t.Fatalf("preloaded paths resolved again %d times", e.res.calls)
 	}
 }

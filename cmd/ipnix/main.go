@@ -26,6 +26,7 @@ const (
 	exitKubo     = 3 // the kubo RPC API could not be reached
 	exitMount    = 4 // the mount point could not be mounted
 	exitInternal = 5 // a bug: please report
+	exitClosure  = 6 // a closure asked for at start could not be resolved
 )
 
 // usageError marks errors in what the user typed.

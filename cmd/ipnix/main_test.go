@@ -6,7 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -353,4 +356,34 @@ func FuzzTrustedKey(f *testing.F) {
 			t.Fatalf("error %q repeats the key %q", err, rest)
 		}
 	})
+}
+
+// --closure, -o closure= and --closures-from all name closures to load at
+// start; the forms Nix users write are accepted.
+func TestClosureArgs(t *testing.T) {
+	const b = "0c6kzph7l0dcbfmjap64f0czdafn3b7x-hello"
+	dir := t.TempDir()
+	list := filepath.Join(dir, "closures")
+	if err := os.WriteFile(list, []byte("# runner tools\n/nix/store/"+b+"-2/bin/x\n\n"+b+"-3  # bare\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseMountArgs([]string{"--substituter", "file:///c", "--no-require-sigs", "--closure", "/nix/store/" + b, "-o", "closure=" + b + "-1", "--closures-from", list, "/mnt"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := closureRoots(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{b, b + "-1", b + "-2", b + "-3"}; !slices.Equal(roots, want) {
+		t.Fatalf("roots %q, want %q", roots, want)
+	}
+	c.Closures = []string{"not-a-store-path"}
+	if _, err := closureRoots(c); err == nil || !strings.Contains(err.Error(), "not-a-store-path") {
+		t.Fatalf("bad --closure: %v", err)
+	}
+	c.Closures, c.ClosuresFrom = nil, filepath.Join(dir, "missing")
+	if _, err := closureRoots(c); err == nil || !strings.Contains(err.Error(), "--closures-from") {
+		t.Fatalf("missing --closures-from file: %v", err)
+	}
 }

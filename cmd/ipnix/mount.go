@@ -64,6 +64,8 @@ type mountConfig struct {
 	Debug              bool
 	AllowOther         bool
 	KernelOptions      []string
+	Closures           []string
+	ClosuresFrom       string
 }
 
 const mountSynopsis = `Usage: ipnix mount [flags] [SOURCE] MOUNTPOINT
@@ -111,6 +113,8 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.Var(sizeValue{&c.ListingMemory}, "listing-memory", "bytes of parsed listings kept in memory; listings of idle store paths are dropped and fetched again")
 	fs.StringVar(&c.Metrics, "metrics", "", "serve counters (/metrics, Prometheus text) and Go profiles (/debug/pprof) over HTTP on this address, e.g. 127.0.0.1:9464; only loopback addresses unless --metrics-allow-remote")
 	fs.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics listen on a non-loopback address (anyone who can reach it can read the counters and profile the process)")
+	fs.StringArrayVar(&c.Closures, "closure", nil, "resolve this store path and everything it references at start, so that the root lists them before any lookup: /nix/store/..., a result symlink, or <hash>-<name> (repeatable)")
+	fs.StringVar(&c.ClosuresFrom, "closures-from", "", "read more --closure paths from this file, one a line (# starts a comment)")
 	opts := fs.StringArrayP("option", "o", nil, "mount options as mount(8) passes them: opt,opt=value,... (see below)")
 	fs.BoolVar(&c.Debug, "debug", false, "log debug messages and every FUSE request")
 	fs.Usage = func() {
@@ -399,6 +403,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer fsys.Close()
+	if err := preloadClosures(ctx, c, res, fsys, stderr); err != nil {
+		return err
+	}
 	if c.Metrics != "" {
 		ln, err := listenMetrics(c.Metrics, c.MetricsAllowRemote)
 		if err != nil {
@@ -507,3 +514,53 @@ func pingKubo(ctx context.Context, k *fetch.Kubo) error {
 	defer cancel()
 	return k.Ping(ctx)
 }
+
+// closureRoots gives the base names of --closure and --closures-from.
+func closureRoots(c *mountConfig) ([]string, error) {
+	args := append([]string(nil), c.Closures...)
+	if c.ClosuresFrom != "" {
+		data, err := os.ReadFile(c.ClosuresFrom)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--closures-from: %w", err)}
+		}
+		for line := range strings.Lines(string(data)) {
+			line, _, _ = strings.Cut(line, "#")
+			if line = strings.TrimSpace(line); line != "" {
+				args = append(args, line)
+			}
+		}
+	}
+	var roots []string
+	for _, a := range args {
+		p, err := narindex.StorePathArg(a)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--closure: %w", err)}
+		}
+		roots = append(roots, p.Base())
+	}
+	return roots, nil
+}
+
+// preloadClosures resolves the closures asked for (narinfos, signatures,
+// references, in parallel) and loads every path of them into the mount
+// before it serves, so that its root lists them from the start.
+func preloadClosures(ctx context.Context, c *mountConfig, res *narindex.Resolver, fsys *fusefs.FS, stderr io.Writer) error {
+	roots, err := closureRoots(c)
+	if err != nil || len(roots) == 0 {
+		return err
+	}
+	start := time.Now()
+	closure, err := res.Closure(ctx, roots, closureWorkers)
+	if err == nil {
+		err = fsys.Preload(ctx, closure, closureWorkers)
+	}
+	if err != nil {
+		return codedError{exitClosure, fmt.Errorf("resolving the closures asked for: %w", err)}
+	}
+	fmt.Fprintf(stderr, "ipnix: %d store paths of %d closures ready in %v\n", len(closure), len(roots), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// closureWorkers bounds the narinfos fetched and paths loaded at once at
+// start.
+const closureWorkers = 8
