@@ -28,8 +28,8 @@ const maxDepth = 32
 // per few bytes.
 const MinChildBytes = 4 << 10
 
-// maxLinks bounds the children of one node; kubo writes at most 174.
-const maxLinks = 8192
+// MaxLinks bounds the children of one node; kubo writes at most 174.
+const MaxLinks = 8192
 
 // maxParallelLeaves bounds the concurrent block fetches of one ReadAt.
 const maxParallelLeaves = 8
@@ -315,8 +315,8 @@ func parseNode(c cid.Cid, b blocks.Block, depth int, want int64) (*dagNode, []by
 			leaf = data
 			break
 		}
-		if len(links) > maxLinks {
-			return nil, nil, fmt.Errorf("%w: %s has %d links, more than %d", ErrMalformedDAG, c, len(links), maxLinks)
+		if len(links) > MaxLinks {
+			return nil, nil, fmt.Errorf("%w: %s has %d links, more than %d", ErrMalformedDAG, c, len(links), MaxLinks)
 		}
 		n = &dagNode{depth: depth, data: data, links: make([]dagLink, len(links))}
 		pos := int64(len(data))

@@ -46,12 +46,13 @@ Usage:
   ipnix mount [flags] MOUNTPOINT       serve a read-only store at MOUNTPOINT
   ipnix publish [flags] STOREPATH...   add store paths (and their closure) to IPFS
   ipnix publish [flags] --from CACHE   republish an existing binary cache
+  ipnix register [flags] STOREPATH...  write nix-store --load-db input for closures
   ipnix version                        print the version
 
 Run "ipnix <command> --help" for the flags of a command.
 
 Exit codes: 0 success, 1 failure, 2 bad command line, 3 kubo API unreachable,
-4 mount failed, 5 internal error.
+4 mount failed, 5 internal error, 6 a --closure could not be resolved.
 `
 
 var version = "0.1.0-dev"
@@ -91,6 +92,8 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = runMount(ctx, rest, stdout, stderr)
 	case "publish":
 		err = runPublish(ctx, rest, stdout, stderr)
+	case "register":
+		err = runRegister(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ipnix %s\n", version)
 	case "", "help", "-h", "--help":

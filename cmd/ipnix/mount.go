@@ -304,20 +304,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
 
-	res := &narindex.Resolver{RequireSigs: !c.NoRequireSigs, RequireCidSig: c.RequireCidSig}
-	for _, k := range c.TrustedKeys {
-		pk, err := parseTrustedKey(k)
-		if err != nil {
-			return usageError{err}
-		}
-		res.TrustedKeys = append(res.TrustedKeys, pk)
-	}
-	for _, u := range c.Substituters {
-		s, err := narindex.OpenSubstituter(u, narindex.SubstituterOptions{})
-		if err != nil {
-			return usageError{fmt.Errorf("--substituter %q: %w", u, err)}
-		}
-		res.Substituters = append(res.Substituters, s)
+	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig)
+	if err != nil {
+		return err
 	}
 	kubo, err := fetch.NewKubo(c.API, c.BlockTimeout)
 	if err != nil {
@@ -564,3 +553,24 @@ func preloadClosures(ctx context.Context, c *mountConfig, res *narindex.Resolver
 // closureWorkers bounds the narinfos fetched and paths loaded at once at
 // start.
 const closureWorkers = 8
+
+// newResolver builds the resolver of --substituter and --trusted-public-key
+// flags; errors are usage errors naming the flag.
+func newResolver(substituters, keys []string, requireSigs, requireCidSig bool) (*narindex.Resolver, error) {
+	res := &narindex.Resolver{RequireSigs: requireSigs, RequireCidSig: requireCidSig}
+	for _, k := range keys {
+		pk, err := parseTrustedKey(k)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		res.TrustedKeys = append(res.TrustedKeys, pk)
+	}
+	for _, u := range substituters {
+		s, err := narindex.OpenSubstituter(u, narindex.SubstituterOptions{})
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--substituter %q: %w", u, err)}
+		}
+		res.Substituters = append(res.Substituters, s)
+	}
+	return res, nil
+}

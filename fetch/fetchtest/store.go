@@ -17,6 +17,7 @@ import (
 	mdutils "github.com/ipfs/boxo/ipld/merkledag/test"
 	"github.com/ipfs/boxo/ipld/unixfs/importer/balanced"
 	"github.com/ipfs/boxo/ipld/unixfs/importer/helpers"
+	"github.com/ipfs/boxo/ipld/unixfs/importer/trickle"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 
@@ -42,8 +43,10 @@ func NewStore() *Store {
 type Options struct {
 	ChunkSize int64 // default 256 KiB
 	RawLeaves bool
-	CidV0     bool // default CIDv1
-	MaxLinks  int  // default 174
+	CidV0     bool   // default CIDv1
+	MaxLinks  int    // default 174
+	Chunker   string // when set, an `ipfs add --chunker` string (size-N, rabin..., buzhash); overrides ChunkSize
+	Trickle   bool   // trickle layout instead of balanced
 }
 
 // DefaultOptions is what `ipfs add --cid-version=1` produces: CIDv1, raw
@@ -68,11 +71,22 @@ func (s *Store) AddFile(data []byte, o Options) (cid.Cid, error) {
 		RawLeaves:  o.RawLeaves,
 		CidBuilder: prefix,
 	}
-	db, err := p.New(chunker.NewSizeSplitter(bytes.NewReader(data), o.ChunkSize))
+	var spl chunker.Splitter = chunker.NewSizeSplitter(bytes.NewReader(data), o.ChunkSize)
+	if o.Chunker != "" {
+		var err error
+		if spl, err = chunker.FromString(bytes.NewReader(data), o.Chunker); err != nil {
+			return cid.Undef, err
+		}
+	}
+	db, err := p.New(spl)
 	if err != nil {
 		return cid.Undef, err
 	}
-	n, err := balanced.Layout(db)
+	layout := balanced.Layout
+	if o.Trickle {
+		layout = trickle.Layout
+	}
+	n, err := layout(db)
 	if err != nil {
 		return cid.Undef, err
 	}
