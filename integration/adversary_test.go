@@ -10,12 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ipnix/ipnix/integration/runenv"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -249,4 +252,97 @@ func TestAdversaryQuarantineRace(t *testing.T) {
 	t.Logf("%d reads; quarantined=%d", len(all), m.metric(t, "ipnix_store_paths_quarantined_total"))
 }
 
-var _ = narindex.StoreDir
+// aheadExpr builds aheadPaths store paths of one 40 MB file each.
+const aheadPaths = 8
+
+const aheadExpr = `
+let
+  big = i: derivation {
+    name = "ipnix-adv-ahead-${toString i}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/usr/bin:/bin; mkdir $out; head -c 40000000 /dev/urandom > $out/f" ];
+  };
+in builtins.listToAttrs (map (i: { name = "p${toString i}"; value = big i; }) [ 1 2 3 4 5 6 7 8 ])
+`
+
+// newExprEnv is newAttackEnv for another Nix expression.
+func newExprEnv(t *testing.T, expr string, attrs ...string) *attackEnv {
+	t.Helper()
+	requireReal(t)
+	e := &attackEnv{path: map[string]string{}}
+	file := filepath.Join(t.TempDir(), "adv.nix")
+	must(t, os.WriteFile(file, []byte(expr), 0o644))
+	var paths []string
+	for _, a := range attrs {
+		out, err := exec.Command("nix-build", "--no-out-link", file, "-A", a).Output()
+		if err != nil {
+			t.Fatalf("nix-build -A %s: %v", a, err)
+		}
+		p := strings.TrimSpace(string(out))
+		e.path[a] = p
+		paths = append(paths, p)
+	}
+	k := startKubo(t)
+	secFile, pub := genKey(t, "ipnix-adv-1")
+	key, err := narindex.LoadSecretKeyFile(secFile)
+	must(t, err)
+	e.key = key
+	e.published = &published{kubo: k, closure: &testClosure{top: paths[0], paths: paths}, cache: t.TempDir(), pub: pub}
+	args := append([]string{"publish", "--api", k.api, "--to", e.cache, "--secret-key", secFile}, paths...)
+	if out, err := ipnixCmd(t, nil, args...); err != nil {
+		t.Fatalf("ipnix publish: %v\n%s", err, out)
+	}
+	return e
+}
+
+// Every store path keeps up to 32 MiB of leaves read ahead of its hashing
+// frontier (integrity.Checker.OnLeaf), and nothing bounds the number of
+// paths doing so: reading the second part of a few large files, each in
+// its own store path, holds that memory until the path is dropped, which
+// only listing memory pressure does. The mount's memory must stay within
+// its caches plus a fixed slack, whatever is read.
+func TestAdversaryAheadMemory(t *testing.T) {
+	attrs := make([]string, aheadPaths)
+	for i := range attrs {
+		attrs[i] = fmt.Sprintf("p%d", i+1)
+	}
+	e := newExprEnv(t, aheadExpr, attrs...)
+	r := startReport(t, "Adversary/AheadMemory")
+	defer r.done(t)
+	const memCache = 16 << 20
+	// read reads 36 MB of every file, from `from`, in its own mount, and
+	// returns the mount's peak RSS.
+	read := func(from, to int64) int64 {
+		m := r.mountSub(t, e, "file://"+e.cache, "--memory-cache", "16MiB")
+		withTimeout(t, 10*time.Minute, "reading every file", func(context.Context) {
+			for _, a := range attrs {
+				f, err := os.Open(filepath.Join(m.dir, filepath.Base(e.path[a]), "f"))
+				if err != nil {
+					r.errorf(t, "open %s: %v", a, err)
+					return
+				}
+				buf := make([]byte, 1<<20)
+				for off := from; off < to; off += int64(len(buf)) {
+					n, err := f.ReadAt(buf, off)
+					if err != nil || n < len(buf) {
+						break
+					}
+				}
+				f.Close()
+			}
+		})
+		rss, err := runenv.PeakRSS(m.proc().Pid)
+		must(t, err)
+		return rss
+	}
+	// Control: the heads, in order; the frontier follows the reader.
+	head := read(0, 36<<20)
+	t.Logf("control, after reading the first 36 MiB of each of %d store paths: peak RSS %d MiB", aheadPaths, head>>20)
+	rss := read(4<<20, 40<<20)
+	bound := int64(memCache + 150<<20)
+	t.Logf("after reading the last 36 MiB of each of %d store paths: peak RSS %d MiB (bound %d MiB)", aheadPaths, rss>>20, bound>>20)
+	if rss >= bound {
+		r.errorf(t, "peak RSS %d MiB after reading the tails of %d store paths, want below --memory-cache + 150 MiB = %d MiB (leaves kept ahead of the hashing frontier, 32 MiB per path, are not bounded across paths)", rss>>20, aheadPaths, bound>>20)
+	}
+}
