@@ -346,3 +346,50 @@ func TestAdversaryAheadMemory(t *testing.T) {
 		r.errorf(t, "peak RSS %d MiB after reading the tails of %d store paths, want below --memory-cache + 150 MiB = %d MiB (leaves kept ahead of the hashing frontier, 32 MiB per path, are not bounded across paths)", rss>>20, aheadPaths, bound>>20)
 	}
 }
+
+// Names at the root that carry the right hash but another name part, or
+// are not store path names at all: ENOENT, nothing shown in the root, and
+// the true name is served afterwards (the refusal of a wrong name does
+// not poison it).
+func TestAdversaryRootNames(t *testing.T) {
+	e := newAttackEnv(t, "app")
+	r := startReport(t, "Adversary/RootNames")
+	defer r.done(t)
+	app := e.path["app"]
+	base := filepath.Base(app)
+	sp, err := narindex.ParseStorePath(app)
+	must(t, err)
+	m := r.mountSub(t, e, "file://"+e.cache)
+	for _, name := range []string{
+		sp.Hash + "-ipnix-attack-evil",                 // right hash, other name
+		sp.Hash + "-ipnix-attack-app-x",                // a longer name
+		sp.Hash + "-ipnix-attack-ap",                   // a prefix of the name
+		sp.Hash,                                        // the hash alone
+		sp.Hash + "-",                                  // empty name
+		strings.ToUpper(sp.Hash) + "-ipnix-attack-app", // not nix32
+		sp.Hash + "-" + strings.Repeat("a", 255-33),    // longest name
+		sp.Hash + "-.ipnix-attack-app",
+		sp.Hash + "-ipnix attack app",
+	} {
+		_, err := os.Lstat(filepath.Join(m.dir, name))
+		if err == nil {
+			r.exp.add("name", name, 1)
+			r.errorf(t, "lookup %q succeeds", name)
+		} else if !errors.Is(err, syscall.ENOENT) {
+			r.errorf(t, "lookup %q: %v, want ENOENT", name, err)
+		}
+	}
+	ents, err := os.ReadDir(m.dir)
+	must(t, err)
+	for _, d := range ents {
+		if d.Name() != base {
+			r.exp.add("name", d.Name(), 1)
+			r.errorf(t, "the root lists %q", d.Name())
+		}
+	}
+	got, err := os.ReadFile(filepath.Join(m.dir, base, "bin/hello"))
+	want, _ := os.ReadFile(filepath.Join(app, "bin/hello"))
+	if err != nil || string(got) != string(want) {
+		r.errorf(t, "after the wrong names, the true path: %v %q", err, got)
+	}
+}
