@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/integrity"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -128,6 +129,9 @@ type FS struct {
 	lookups  singleflight.Group
 	rejected *expirable.LRU[string, error] // store paths refused at load
 	idleFor  time.Duration                 // see listings.go
+	// ahead bounds, across all store paths, the leaves kept for hashing
+	// ahead of each path's frontier.
+	ahead *integrity.Budget
 }
 
 // New returns a filesystem serving cfg.
@@ -155,7 +159,8 @@ func New(cfg Config) (*FS, error) {
 		cfg.ReadaheadWorkers = defaultWorkers
 	}
 	f := &FS{cfg: cfg, log: log, paths: make(map[string]*storePath), pinned: map[string]uint32{},
-		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL), idleFor: idleFor}
+		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL), idleFor: idleFor,
+		ahead: integrity.NewBudget(integrity.DefaultAheadBytes)}
 	f.root = &rootNode{fsys: f}
 	if cfg.FilesDir != "" {
 		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log, &f.Stats)

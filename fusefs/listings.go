@@ -72,6 +72,7 @@ func (f *FS) trimListings() {
 		}
 		delete(f.paths, sp.base)
 		f.listingBytes.Add(-sp.bytes)
+		go sp.chk.Release()
 		over -= sp.bytes
 		dropped = append(dropped, sp.base)
 	}

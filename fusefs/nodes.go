@@ -385,9 +385,10 @@ func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
 // names under the path and its own entry in the root soon after (waiting
 // at most forgetWait: an entry notification waits for lookups in flight
 // in that directory). Whatever the kernel asks for again gets EIO. skip,
-// if not nil, is the file being read: the kernel holds its pages locked
-// until that read is answered (with EIO, so they stay empty), so only its
-// attributes are dropped.
+// if not nil, is the file being read: the kernel holds some of its pages
+// locked until that read is answered, so its attributes are dropped now
+// and its pages (those read earlier, mapped ones included) as soon as the
+// read has been answered.
 func (f *FS) forget(base string, skip *fs.Inode) {
 	top := f.root.GetChild(base)
 	if top == nil || !f.served.Load() {
@@ -402,6 +403,10 @@ func (f *FS) forget(base string, skip *fs.Inode) {
 	walk = func(in *fs.Inode) {
 		if in == skip {
 			in.NotifyContent(-1, 0) // attributes only
+			// Its pages (mapped, or read before) once the failing read
+			// is answered: the notification waits for the page locks
+			// that read holds, so it cannot be sent from here.
+			go in.NotifyContent(0, 0)
 		} else {
 			in.NotifyContent(0, 0) // attributes, pages, a symlink's target, a directory's listing
 		}

@@ -176,7 +176,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		return nil, fmt.Errorf("%w: %s: CID %s holds %d bytes but NarSize is %d", narindex.ErrRejected, base, c, nar.Size(), info.NarSize)
 	}
 	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar,
-		chk:       integrity.New(info.NarHash, nar.Size(), f.cfg.MaxEntries),
+		chk:       integrity.New(info.NarHash, nar.Size(), f.cfg.MaxEntries, f.ahead),
 		copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
 	nar.SetLeafHook(sp.chk.OnLeaf)
 	if f.prefetch != nil {

@@ -44,9 +44,33 @@ var ErrQuarantined = errors.New("store path is quarantined: its NAR does not mat
 // ReadAtFunc reads the NAR at off, as io.ReaderAt with a context.
 type ReadAtFunc func(ctx context.Context, p []byte, off int64) (int, error)
 
-// maxAheadBytes bounds the leaves kept for the hasher ahead of its
-// frontier (concurrent reads finish out of order).
-const maxAheadBytes = 32 << 20
+// Budget bounds the bytes of leaves that the checkers sharing it keep
+// ahead of their hash frontiers (concurrent reads finish out of order,
+// and a reader may start in the middle of a path). It is shared by every
+// store path of a mount: kept leaves are held beside the block cache, so
+// a bound per path alone would let many paths hold many times it. A leaf
+// that does not fit is not kept; Verify then reads it again.
+type Budget struct{ left atomic.Int64 }
+
+// NewBudget returns a budget of bytes.
+func NewBudget(bytes int64) *Budget {
+	b := &Budget{}
+	b.left.Store(bytes)
+	return b
+}
+
+func (b *Budget) take(n int64) bool {
+	if b.left.Add(-n) >= 0 {
+		return true
+	}
+	b.left.Add(n)
+	return false
+}
+
+func (b *Budget) give(n int64) { b.left.Add(n) }
+
+// DefaultAheadBytes is the budget of a checker made without one.
+const DefaultAheadBytes = 32 << 20
 
 // Checker is the integrity state of one store path's NAR.
 type Checker struct {
@@ -77,12 +101,18 @@ type Checker struct {
 	hashing    bool // false once Verify owns the hasher
 	ahead      map[int64][]byte
 	aheadBytes int64
+	budget     *Budget
 }
 
 // New returns the checker of a NAR of size bytes that must hash to want.
-// maxEntries bounds the entries parsed from it (0: the narindex default).
-func New(want narindex.Hash, size int64, maxEntries int) *Checker {
-	return &Checker{want: want, size: size, maxEntries: maxEntries, hasher: sha256.New(), hashing: true}
+// maxEntries bounds the entries parsed from it (0: the narindex default);
+// ahead is the budget for leaves kept ahead of the frontier, shared with
+// other checkers (nil: a budget of DefaultAheadBytes of its own).
+func New(want narindex.Hash, size int64, maxEntries int, ahead *Budget) *Checker {
+	if ahead == nil {
+		ahead = NewBudget(DefaultAheadBytes)
+	}
+	return &Checker{want: want, size: size, maxEntries: maxEntries, budget: ahead, hasher: sha256.New(), hashing: true}
 }
 
 // Serve records the listing the caller serves the path from, before any
@@ -126,7 +156,7 @@ func (c *Checker) OnLeaf(start int64, data []byte) {
 		return
 	}
 	if start > c.hashedTo {
-		if _, dup := c.ahead[start]; !dup && c.aheadBytes+int64(len(data)) <= maxAheadBytes {
+		if _, dup := c.ahead[start]; !dup && c.budget.take(int64(len(data))) {
 			if c.ahead == nil {
 				c.ahead = make(map[int64][]byte)
 			}
@@ -148,6 +178,7 @@ func (c *Checker) feedAhead() {
 		}
 		delete(c.ahead, c.hashedTo)
 		c.aheadBytes -= int64(len(d))
+		c.budget.give(int64(len(d)))
 		c.feed(d)
 	}
 }
@@ -242,7 +273,7 @@ func (c *Checker) quarantine() bool {
 		return false
 	}
 	c.hmu.Lock()
-	c.ahead, c.aheadBytes = nil, 0
+	c.dropAhead()
 	c.hmu.Unlock()
 	return true
 }
@@ -267,7 +298,14 @@ func (c *Checker) check(ctx context.Context, read ReadAtFunc) (bad, err error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		buf := make([]byte, min(1<<20, c.size-c.hashedTo)) // handed to the parser
+		// Read up to the next leaf kept ahead, not over it.
+		want := min(1<<20, c.size-c.hashedTo)
+		for off := range c.ahead {
+			if off > c.hashedTo && off-c.hashedTo < want {
+				want = off - c.hashedTo
+			}
+		}
+		buf := make([]byte, want) // handed to the parser
 		n, err := read(ctx, buf, c.hashedTo)
 		c.feed(buf[:n])
 		if err != nil && err != io.EOF {
@@ -277,7 +315,7 @@ func (c *Checker) check(ctx context.Context, read ReadAtFunc) (bad, err error) {
 			return nil, fmt.Errorf("NAR ends at %d bytes, narinfo says %d", c.hashedTo, c.size)
 		}
 	}
-	c.ahead, c.aheadBytes = nil, 0
+	c.dropAhead()
 	if got := c.hasher.Sum(nil); c.want.Algo != "sha256" || !bytes.Equal(got, c.want.Digest) {
 		return fmt.Errorf("NAR hash is %s, narinfo says %s", narindex.SHA256(got), c.want), nil
 	}
@@ -300,4 +338,21 @@ func (c *Checker) check(ctx context.Context, read ReadAtFunc) (bad, err error) {
 	}
 	c.parsed = l
 	return nil, nil
+}
+
+// dropAhead lets go of every kept leaf and returns its bytes to the
+// budget; callers hold hmu or own the hasher.
+func (c *Checker) dropAhead() {
+	c.budget.give(c.aheadBytes)
+	c.ahead, c.aheadBytes = nil, 0
+}
+
+// Release lets go of what the checker keeps for a path that is no longer
+// served (its listing dropped): the leaves kept ahead of its frontier.
+func (c *Checker) Release() {
+	c.verifyMu.Lock() // Verify owns the hasher without hmu
+	defer c.verifyMu.Unlock()
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.dropAhead()
 }

@@ -85,7 +85,7 @@ func chunks(data []byte, size int) (starts []int64, pieces [][]byte) {
 
 func TestVerifyStreamedInOrder(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	c.Serve(n.listing)
 	starts, pieces := chunks(n.data, 4096)
 	for i := range starts {
@@ -117,7 +117,7 @@ func TestVerifyStreamedInOrder(t *testing.T) {
 
 func TestVerifyStreamedOutOfOrder(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	c.Serve(n.listing)
 	starts, pieces := chunks(n.data, 1000)
 	for i := len(starts) - 1; i >= 0; i-- { // all but the first arrive early
@@ -130,7 +130,7 @@ func TestVerifyStreamedOutOfOrder(t *testing.T) {
 
 func TestVerifyReadsWhatStreamingMissed(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	c.Serve(n.listing)
 	c.OnLeaf(0, n.data[:5000])
 	var read int64
@@ -146,7 +146,7 @@ func TestVerifyReadsWhatStreamingMissed(t *testing.T) {
 // is served), the listing comes from the NAR itself.
 func TestVerifyWholeGivesListing(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	var read int64
 	if _, err := c.Verify(context.Background(), readerOf(n.data, &read)); err != nil {
 		t.Fatal(err)
@@ -160,7 +160,7 @@ func TestHashMismatchQuarantines(t *testing.T) {
 	n := makeNar(t)
 	bad := bytes.Clone(n.data)
 	bad[len(bad)/2] ^= 1
-	c := New(n.hash, int64(len(bad)), 0)
+	c := New(n.hash, int64(len(bad)), 0, nil)
 	c.Serve(n.listing)
 	var read int64
 	now, err := c.Verify(context.Background(), readerOf(bad, &read))
@@ -203,7 +203,7 @@ func TestServedListingLiesQuarantine(t *testing.T) {
 				t.Fatal(err)
 			}
 			lie(lied)
-			c := New(n.hash, int64(len(n.data)), 0)
+			c := New(n.hash, int64(len(n.data)), 0, nil)
 			c.Serve(lied)
 			var read int64
 			now, err := c.Verify(context.Background(), readerOf(n.data, &read))
@@ -218,7 +218,7 @@ func TestServedListingLiesQuarantine(t *testing.T) {
 func TestSignedGarbageQuarantines(t *testing.T) {
 	junk := bytes.Repeat([]byte("not a nar "), 1000)
 	sum := sha256.Sum256(junk)
-	c := New(narindex.SHA256(sum[:]), int64(len(junk)), 0)
+	c := New(narindex.SHA256(sum[:]), int64(len(junk)), 0, nil)
 	var read int64
 	if _, err := c.Verify(context.Background(), readerOf(junk, &read)); !errors.Is(err, ErrQuarantined) {
 		t.Fatalf("Verify = %v", err)
@@ -229,7 +229,7 @@ func TestSignedGarbageQuarantines(t *testing.T) {
 // failed one stopped, without reading anything twice.
 func TestReadFailureKeepsProgress(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	c.Serve(n.listing)
 	var read int64
 	calls := 0
@@ -259,7 +259,7 @@ func TestReadFailureKeepsProgress(t *testing.T) {
 
 func TestVerifyHonoursContext(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var read int64
@@ -273,7 +273,7 @@ func TestVerifyHonoursContext(t *testing.T) {
 
 func TestShortNarQuarantinesNotHangs(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data))+10, 0)
+	c := New(n.hash, int64(len(n.data))+10, 0, nil)
 	var read int64
 	_, err := c.Verify(context.Background(), readerOf(n.data, &read))
 	if err == nil {
@@ -296,7 +296,7 @@ func TestCoverage(t *testing.T) {
 
 func TestNoteReadNeedsEveryByte(t *testing.T) {
 	n := makeNar(t)
-	c := New(n.hash, int64(len(n.data)), 0)
+	c := New(n.hash, int64(len(n.data)), 0, nil)
 	c.Serve(n.listing)
 	files := regularFiles(n.listing)
 	for _, f := range files {
@@ -321,4 +321,37 @@ func ExampleListingDiff() {
 	}}
 	fmt.Println(ListingDiff(a, b))
 	// Output: /bin
+}
+
+// Leaves kept ahead of the frontier come out of one budget shared by all
+// checkers: many paths read from the middle cannot hold many times it.
+// What does not fit is read again by Verify; the budget comes back.
+func TestAheadBudgetShared(t *testing.T) {
+	n := makeNar(t)
+	size := int64(len(n.data)) - 1000 // what the first checker keeps
+	budget := NewBudget(size)
+	a := New(n.hash, int64(len(n.data)), 0, budget)
+	b := New(n.hash, int64(len(n.data)), 0, budget)
+	starts, pieces := chunks(n.data, 1000)
+	for _, c := range []*Checker{a, b} {
+		for i := 1; i < len(starts); i++ { // all but the first: kept ahead
+			c.OnLeaf(starts[i], pieces[i])
+		}
+	}
+	if left := budget.left.Load(); left != 0 {
+		t.Fatalf("budget left %d after two checkers kept leaves", left)
+	}
+	var readA, readB int64
+	if _, err := a.Verify(context.Background(), readerOf(n.data, &readA)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Verify(context.Background(), readerOf(n.data, &readB)); err != nil {
+		t.Fatal(err)
+	}
+	if readA != 1000 || readB != int64(len(n.data)) {
+		t.Fatalf("Verify read %d and %d bytes: the first checker kept all but one leaf, the second none", readA, readB)
+	}
+	if left := budget.left.Load(); left != size {
+		t.Fatalf("budget not returned: %d of %d", left, size)
+	}
 }
