@@ -126,6 +126,10 @@ func (p *Publisher) cacheEntry(ctx context.Context, dir string, same bool, sp na
 		if err := tmp.Sync(); err != nil {
 			return err
 		}
+		// Readable by a web server serving the directory, as the narinfos.
+		if err := tmp.Chmod(0o644); err != nil {
+			return err
+		}
 		if err := os.Rename(tmp.Name(), filepath.Join(p.opts.To, filepath.FromSlash(ni.URL))); err != nil {
 			return err
 		}

@@ -151,6 +151,10 @@ func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.Sto
 	if err := tmp.Sync(); err != nil {
 		return err
 	}
+	// Readable by a web server serving the directory, as the narinfos.
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
 	narFile := "nar/" + narindex.EncodeNix32(in.hash.Digest) + ".nar"
 	if err := os.Rename(tmp.Name(), filepath.Join(p.opts.To, narFile)); err != nil {
 		return err

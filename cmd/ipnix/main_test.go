@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
@@ -385,5 +386,31 @@ func TestClosureArgs(t *testing.T) {
 	c.Closures, c.ClosuresFrom = nil, filepath.Join(dir, "missing")
 	if _, err := closureRoots(c); err == nil || !strings.Contains(err.Error(), "--closures-from") {
 		t.Fatalf("missing --closures-from file: %v", err)
+	}
+}
+
+// A file:// substituter that is not a directory is refused at start,
+// naming the flag; sources that do not answer are named in a warning.
+func TestStartupChecks(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-cache")
+	_, err := newResolver([]string{"file://" + missing}, nil, false, false)
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--substituter") || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("missing file:// cache: %v", err)
+	}
+	if code := run([]string{"ipnix", "register", "--substituter", "file://" + missing, "--no-require-sigs", "x"}, io.Discard, io.Discard); code != exitUsage {
+		t.Fatalf("register with a missing cache: exit %d, want %d", code, exitUsage)
+	}
+	dead := "http://127.0.0.1:1" // nothing listens on port 1
+	res, err := newResolver([]string{dead}, nil, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	warnUnanswered(context.Background(), res.Substituters, []string{"http://127.0.0.1:2"}, newLogger(&log, false))
+	for _, want := range []string{"substituter not answering", dead, "gateway not answering", "127.0.0.1:2"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("warnings lack %q:\n%s", want, log.String())
+		}
 	}
 }

@@ -9,10 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
@@ -315,6 +317,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := pingKubo(ctx, kubo); err != nil {
 		log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
 	}
+	warnUnanswered(ctx, res.Substituters, c.Gateways, log)
 	gateways := c.Gateways
 	if len(gateways) == 0 {
 		if gw := localGateway(ctx, c.API, kubo); gw != "" {
@@ -570,7 +573,44 @@ func newResolver(substituters, keys []string, requireSigs, requireCidSig bool) (
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--substituter %q: %w", u, err)}
 		}
+		if dir, ok := strings.CutPrefix(s.URL(), "file://"); ok {
+			// A local cache that is not there is a typo, not an outage.
+			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+				return nil, usageError{fmt.Errorf("--substituter %q: %s is not a directory", u, dir)}
+			}
+		}
 		res.Substituters = append(res.Substituters, s)
 	}
 	return res, nil
+}
+
+// warnUnanswered names, in a warning, each substituter and --gateway that
+// does not answer at start (in parallel, a few seconds at most): the mount
+// still starts, since sources come and go.
+func warnUnanswered(ctx context.Context, subs []narindex.Substituter, gateways []string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range subs {
+		wg.Go(func() {
+			if _, err := s.CacheInfo(ctx); err != nil {
+				log.Warn("substituter not answering at start", "substituter", s.URL(), "err", err)
+			}
+		})
+	}
+	for _, g := range gateways {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimRight(g, "/")+"/ipfs/bafkqaaa", nil)
+			if err == nil {
+				var resp *http.Response
+				if resp, err = http.DefaultClient.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}
+			if err != nil {
+				log.Warn("gateway not answering at start", "gateway", g, "err", err)
+			}
+		})
+	}
+	wg.Wait()
 }

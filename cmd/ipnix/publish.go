@@ -70,10 +70,14 @@ func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
 	case c.From != "" && len(c.Paths) > 0:
 		return nil, usageError{errors.New("give either STOREPATH arguments or --from, not both")}
 	}
-	for _, p := range c.Paths {
-		if _, err := narindex.ParseStorePath(p); err != nil {
-			return nil, usageError{fmt.Errorf("%q is not a store path: %w", p, err)}
+	// Store paths as Nix users write them: /nix/store/..., a result
+	// symlink, <hash>-<name>.
+	for i, arg := range c.Paths {
+		sp, err := narindex.StorePathArg(arg)
+		if err != nil {
+			return nil, usageError{err}
 		}
+		c.Paths[i] = sp.String()
 	}
 	return c, nil
 }
