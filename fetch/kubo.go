@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -67,6 +68,12 @@ func KuboAPIURL(addr string) (url string, unixSocket string, err error) {
 // connections alive; the client's own constructor disables keep-alive, which
 // costs a TCP handshake per block.
 func NewKuboClient(addr string) (*rpc.HttpApi, string, error) {
+	return newKuboClient(addr, 0)
+}
+
+// newKuboClient is NewKuboClient with every response body limited to
+// maxBody bytes when positive: the RPC client reads error bodies whole.
+func newKuboClient(addr string, maxBody int64) (*rpc.HttpApi, string, error) {
 	url, sock, err := KuboAPIURL(addr)
 	if err != nil {
 		return nil, "", err
@@ -86,7 +93,11 @@ func NewKuboClient(addr string) (*rpc.HttpApi, string, error) {
 			return d.DialContext(ctx, "unix", sock)
 		}
 	}
-	api, err := rpc.NewURLApiWithClient(url, &http.Client{Transport: tr})
+	var rt http.RoundTripper = tr
+	if maxBody > 0 {
+		rt = limitBodies{tr, maxBody}
+	}
+	api, err := rpc.NewURLApiWithClient(url, &http.Client{Transport: rt})
 	if err != nil {
 		return nil, "", err
 	}
@@ -107,14 +118,16 @@ type Kubo struct {
 	timeout time.Duration
 }
 
-// DefaultBlockTimeout bounds one block request to one source, after which
-// the next source is tried (all within the caller's deadline).
+// DefaultBlockTimeout bounds one block request to a source. A read's own
+// deadline (DefaultReadTimeout) bounds it further: a request gets the
+// block timeout or the time the read has left, whichever is less.
 const DefaultBlockTimeout = 10 * time.Second
 
 // NewKubo returns a source for the kubo RPC API at addr (see KuboAPIURL).
 // timeout bounds each block request; zero means DefaultBlockTimeout.
 func NewKubo(addr string, timeout time.Duration) (*Kubo, error) {
-	api, url, err := NewKuboClient(addr)
+	// A block is at most MaxBlockSize; an error message needs far less.
+	api, url, err := newKuboClient(addr, MaxBlockSize+64<<10)
 	if err != nil {
 		return nil, err
 	}
@@ -128,20 +141,21 @@ func NewKubo(addr string, timeout time.Duration) (*Kubo, error) {
 func (k *Kubo) String() string { return "kubo " + k.url }
 
 // GetBlock fetches one block with block/get. The block is NOT verified here;
-// wrap the source in Verify.
+// wrap the source in Verify. The request, body included, ends at the block
+// timeout or the caller's deadline, whichever comes first.
 func (k *Kubo) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
-	ctx, cancel := context.WithTimeout(ctx, k.timeout)
+	ctx, cancel, limit := blockContext(ctx, k.timeout)
 	defer cancel()
 	resp, err := k.api.Request("block/get", c.String()).Send(ctx)
 	if err != nil {
-		return nil, k.wrap(ctx, c, err)
+		return nil, sourceErr(ctx, k, c, limit, err)
 	}
 	if resp.Error != nil {
 		resp.Cancel()
 		if strings.Contains(resp.Error.Message, "not found") {
 			return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockNotFound, c)
 		}
-		return nil, k.wrap(ctx, c, resp.Error)
+		return nil, sourceErr(ctx, k, c, limit, errors.New(clip(resp.Error.Message)))
 	}
 	defer resp.Cancel()
 	data, err := readBlock(resp.Output, -1)
@@ -149,16 +163,72 @@ func (k *Kubo) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		return nil, fmt.Errorf("%s: %w: %s", k, ErrBlockTooLarge, c)
 	}
 	if err != nil {
-		return nil, k.wrap(ctx, c, err)
+		return nil, sourceErr(ctx, k, c, limit, err)
 	}
 	return blocks.NewBlockWithCid(data, c)
 }
 
-func (k *Kubo) wrap(ctx context.Context, c cid.Cid, err error) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("%s: block %s: no answer within %v: %w", k, c, k.timeout, ctx.Err())
+// blockContext bounds one request to a source: its block timeout or the
+// time the caller has left, whichever is less (returned for messages).
+func blockContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc, time.Duration) {
+	limit := timeout
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < limit {
+		limit = max(time.Until(d), 0)
 	}
-	return fmt.Errorf("%s: block %s: %w", k, c, err)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	return ctx, cancel, limit
+}
+
+// sourceErr names the source, the block and, when the request's time ran
+// out, the bound that ended it; the context's error stays wrapped.
+func sourceErr(ctx context.Context, src fmt.Stringer, c cid.Cid, limit time.Duration, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%s: block %s: not delivered within %v: %w", src, c, limit.Round(time.Millisecond), cerr)
+	}
+	return fmt.Errorf("%s: block %s: %w", src, c, err)
+}
+
+// clip shortens a message from outside to what a log line can hold.
+func clip(msg string) string {
+	const max = 300
+	if len(msg) <= max {
+		return msg
+	}
+	return fmt.Sprintf("%q... (%d bytes)", msg[:max], len(msg))
+}
+
+// limitBodies refuses response bodies longer than max bytes.
+type limitBodies struct {
+	rt  http.RoundTripper
+	max int64
+}
+
+func (l limitBodies) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.rt.RoundTrip(r)
+	if err == nil {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: l.max + 1, max: l.max}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	left, max int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("%w: response longer than %d bytes", ErrBlockTooLarge, b.max)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left <= 0 && err == nil {
+		err = fmt.Errorf("%w: response longer than %d bytes", ErrBlockTooLarge, b.max)
+	}
+	return n, err
 }
 
 // Ping checks that the RPC API answers.
