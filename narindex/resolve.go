@@ -276,3 +276,26 @@ type rememberedError struct{ msg string }
 
 func (e *rememberedError) Error() string   { return e.msg }
 func (e *rememberedError) Unwrap() []error { return []error{ErrRejected, ErrRemembered} }
+
+// ResolveHash is Resolve for a store path known only by its hash part, as
+// a binary-cache client asks for "<hash>.narinfo": the name comes from the
+// first substituter whose narinfo for the hash names a store path with that
+// hash, and that path is then resolved as usual.
+func (r *Resolver) ResolveHash(ctx context.Context, hash string) (*Resolved, error) {
+	if len(hash) != storeHashLen {
+		return nil, fmt.Errorf("%w: %q is not a store path hash", ErrNotFound, hash)
+	}
+	if _, err := DecodeNix32(hash); err != nil {
+		return nil, fmt.Errorf("%w: %q is not a store path hash: %v", ErrNotFound, hash, err)
+	}
+	for _, s := range r.Substituters {
+		info, err := s.NarInfo(ctx, hash)
+		if err != nil {
+			continue
+		}
+		if sp, err := ParseStorePath(info.StorePath); err == nil && sp.Hash == hash {
+			return r.Resolve(ctx, sp.Base())
+		}
+	}
+	return nil, fmt.Errorf("%s: %w in any substituter", hash, ErrNotFound)
+}

@@ -47,6 +47,7 @@ Usage:
   ipnix publish [flags] STOREPATH...   add store paths (and their closure) to IPFS
   ipnix publish [flags] --from CACHE   republish an existing binary cache
   ipnix register [flags] STOREPATH...  write nix-store --load-db input for closures
+  ipnix serve [flags]                  an HTTP binary cache for plain Nix, from IPFS
   ipnix version                        print the version
 
 Run "ipnix <command> --help" for the flags of a command.
@@ -94,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = runPublish(ctx, rest, stdout, stderr)
 	case "register":
 		err = runRegister(ctx, rest, stdout, stderr)
+	case "serve":
+		err = runServe(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ipnix %s\n", version)
 	case "", "help", "-h", "--help":

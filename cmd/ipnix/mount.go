@@ -18,10 +18,8 @@ import (
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
-	"github.com/ipfs/go-cid"
 	"github.com/spf13/pflag"
 
-	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fusefs"
 	"github.com/ipnix/ipnix/narindex"
@@ -310,60 +308,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	kubo, err := fetch.NewKubo(c.API, c.BlockTimeout)
+	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, MemoryBytes: c.MemoryCache, BatchFetch: c.BatchFetch}, log)
 	if err != nil {
-		return usageError{fmt.Errorf("--api: %w", err)}
+		return err
 	}
-	if err := pingKubo(ctx, kubo); err != nil {
-		log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
-	}
+	defer st.Close()
 	warnUnanswered(ctx, res.Substituters, c.Gateways, log)
-	gateways := c.Gateways
-	if len(gateways) == 0 {
-		if gw := localGateway(ctx, c.API, kubo); gw != "" {
-			gateways = []string{gw}
-		}
-	}
-	var fetched fetch.Stats
-	var sources fetch.Failover
-	var names []string
-	var batch fetch.RangeSource
-	for _, u := range gateways {
-		gw, err := fetch.NewGateway(u, c.BlockTimeout)
-		if err != nil {
-			return usageError{fmt.Errorf("--gateway: %w", err)}
-		}
-		sources = append(sources, fetch.Verify(gw, &fetched))
-		names = append(names, gw.String())
-		if batch == nil && c.BatchFetch {
-			batch = gw
-		}
-	}
-	if c.BatchFetch && batch == nil {
-		return usageError{errors.New("--batch-fetch needs a --gateway (or a local kubo gateway to discover)")}
-	}
-	sources = append(sources, fetch.Verify(kubo, &fetched))
-	names = append(names, kubo.String())
-	// A block that no source delivered fails again at once for a few
-	// seconds: the kernel's immediate retries of a failed read must not
-	// each wait the whole --read-timeout.
-	remembered := fetch.RememberFailures(sources, fetch.DefaultFailureMemory)
-	var below = remembered
-	var disk *cache.Disk
-	if c.CacheDir != "" {
-		// Blocks and local file copies share the quota half and half.
-		disk, err = cache.OpenDisk(c.CacheDir, c.CacheSize/2, remembered)
-		if err != nil {
-			return usageError{fmt.Errorf("--cache-dir: %w", err)}
-		}
-		defer disk.Close()
-		below = disk
-	}
-	mem := cache.NewMemory(below, c.MemoryCache)
-	evict := mem.Remove
-	if disk != nil {
-		evict = func(c cid.Cid) { mem.Remove(c); disk.Remove(c) }
-	}
+	fetched, mem, disk, names := &st.fetched, st.mem, st.disk, st.names
 	readahead := c.Readahead
 	if readahead == 0 {
 		readahead = -1 // off
@@ -378,9 +330,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Resolver:   res,
 		OnListings: onListings,
 		Blocks:     mem,
-		Evict:      evict,
+		Evict:      st.evict,
 		Readahead:  readahead,
-		Batch:      batch,
+		Batch:      st.batch,
 		Put: func(b blocks.Block) { // verified by FetchRange
 			fetched.Blocks.Add(1)
 			fetched.Bytes.Add(int64(len(b.RawData())))
@@ -403,7 +355,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageError{fmt.Errorf("--metrics %q: %w", c.Metrics, err)}
 		}
-		stopMetrics := serveMetrics(ln, &metrics{fetched: &fetched, mem: mem, disk: disk, fs: fsys}, log)
+		stopMetrics := serveMetrics(ln, &metrics{fetched: fetched, mem: mem, disk: disk, fs: fsys}, log)
 		defer stopMetrics()
 		fmt.Fprintf(stderr, "ipnix: metrics on http://%s/metrics\n", ln.Addr())
 	}
