@@ -114,3 +114,19 @@ func TestStorePathArg(t *testing.T) {
 		}
 	}
 }
+
+// StorePathArg never panics and, when it accepts, gives a valid store path.
+func FuzzStorePathArg(f *testing.F) {
+	for _, s := range []string{"/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-hello", "0c6kzph7l0dcbfmjap64f0czdafn3b7x-x/y", "result", "", "/", "/nix/store//"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := StorePathArg(s)
+		if err != nil {
+			return
+		}
+		if _, err := ParseStorePathBase(p.Base()); err != nil {
+			t.Fatalf("StorePathArg(%q) = %q, not a valid store path: %v", s, p.Base(), err)
+		}
+	})
+}

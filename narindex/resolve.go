@@ -288,14 +288,21 @@ func (r *Resolver) ResolveHash(ctx context.Context, hash string) (*Resolved, err
 	if _, err := DecodeNix32(hash); err != nil {
 		return nil, fmt.Errorf("%w: %q is not a store path hash: %v", ErrNotFound, hash, err)
 	}
+	var failures []string
 	for _, s := range r.Substituters {
 		info, err := s.NarInfo(ctx, hash)
 		if err != nil {
+			if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrRejected) && !errors.Is(err, ErrMalformedNarInfo) {
+				failures = append(failures, fmt.Sprintf("%s: %v", s.URL(), err))
+			}
 			continue
 		}
 		if sp, err := ParseStorePath(info.StorePath); err == nil && sp.Hash == hash {
 			return r.Resolve(ctx, sp.Base())
 		}
+	}
+	if len(failures) > 0 { // a passing failure is not a definite absence
+		return nil, fmt.Errorf("%s: no substituter answered: %s", hash, strings.Join(failures, "; "))
 	}
 	return nil, fmt.Errorf("%s: %w in any substituter", hash, ErrNotFound)
 }
