@@ -22,9 +22,9 @@ import (
 
 // nixosEval is the JSON eval-test.nix prints.
 type nixosEval struct {
-	Full, RemoteAPI, Minimal, ServeOnly, Bad, BadValues, Disabled, FlakeModule nixosCase
-	FlakePackages                                                              map[string]map[string]string
-	PackageArgs                                                                struct {
+	Full, RemoteAPI, Minimal, ServeOnly, Bad, BadRoot, BadValues, Disabled, FlakeModule nixosCase
+	FlakePackages                                                                       map[string]map[string]string
+	PackageArgs                                                                         struct {
 		SubPackages []string
 		DoCheck     bool
 		Ldflags     []string
@@ -186,6 +186,9 @@ func TestNixOSModuleEval(t *testing.T) {
 		if len(ev.ServeOnly.FailedAssertions) != 0 {
 			t.Errorf("assertions failed: %q", ev.ServeOnly.FailedAssertions)
 		}
+		if cd := svc.ServiceConfig["CacheDirectory"]; cd != "ipnix-http" {
+			t.Errorf("serve.cacheDir /var/cache/ipnix-http gives CacheDirectory=%v", cd)
+		}
 		if got := ev.ServeOnly.NixSettings["substituters"]; !reflect.DeepEqual(got, []string{"http://127.0.0.1:9000"}) {
 			t.Errorf("nix.settings.substituters = %q for listen :9000", got)
 		}
@@ -252,7 +255,8 @@ func TestNixOSModuleEval(t *testing.T) {
 			c     nixosCase
 			words []string
 		}{
-			{"bad", ev.Bad, []string{"substituters is empty", "trustedPublicKeys is empty", "mountPoint"}},
+			{"bad", ev.Bad, []string{"substituters is empty", "trustedPublicKeys is empty", "mountPoint", "under /var/cache/"}},
+			{"badRoot", ev.BadRoot, []string{"mountPoint"}},
 			{"badValues", ev.BadValues, []string{"substituters: each", "trustedPublicKeys: each", "serve.cacheDir"}},
 		} {
 			if len(c.c.FailedAssertions) != len(c.words) {

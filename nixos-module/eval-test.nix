@@ -155,7 +155,7 @@ in
     services.ipnix = {
       serve.enable = true;
       serve.listen = ":9000";
-      serve.cacheDir = "/srv/ipnix-serve-cache";
+      serve.cacheDir = "/var/cache/ipnix-http";
       substituters = [ "https://cache.example.org/ipnix" ];
       trustedPublicKeys = [ key ];
     };
@@ -168,6 +168,16 @@ in
       mountPoint = "/nix/store";
       substituters = [ ];
       trustedPublicKeys = [ ];
+      serve.enable = true;
+      serve.cacheDir = "/srv/ipnix-cache";
+    };
+  };
+  badRoot = eval {
+    services.ipnix = {
+      enable = true;
+      mountPoint = "/";
+      substituters = [ "https://cache.example.org/ipnix" ];
+      trustedPublicKeys = [ key ];
     };
   };
   badValues = eval {

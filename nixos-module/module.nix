@@ -231,8 +231,9 @@ in
         type = types.nullOr types.str;
         default = "/var/cache/ipnix-serve";
         description = ''
-          The on-disk block cache of `ipnix serve`; null for none. It must
-          differ from `cacheDir`: each process keeps its own index and quota.
+          The on-disk block cache of `ipnix serve`, under /var/cache (the
+          service runs as a dynamic user); null for none. It must differ from
+          `cacheDir`: each process keeps its own index and quota.
         '';
       };
 
@@ -280,8 +281,9 @@ in
     (mkIf cfg.enable {
       assertions = [
         {
-          assertion = lib.hasPrefix "/" cfg.mountPoint && !(lib.hasPrefix "/nix/store" cfg.mountPoint) && cfg.mountPoint != "/nix";
-          message = "services.ipnix.mountPoint must be an absolute path outside /nix/store (the overlay onto /nix/store is not implemented yet).";
+          assertion = lib.hasPrefix "/" cfg.mountPoint && !(lib.hasPrefix "/nix/store" cfg.mountPoint)
+            && !(lib.elem (lib.removeSuffix "/" cfg.mountPoint) [ "" "/nix" ]);
+          message = "services.ipnix.mountPoint must be an absolute path outside /nix/store, and not / or /nix (the overlay onto /nix/store is not implemented yet).";
         }
       ];
 
@@ -331,6 +333,10 @@ in
           assertion = !(cfg.enable && cfg.cacheDir != null && cfg.cacheDir == cfg.serve.cacheDir);
           message = "services.ipnix.serve.cacheDir must differ from services.ipnix.cacheDir: two ipnix processes cannot share one cache directory.";
         }
+        {
+          assertion = cfg.serve.cacheDir == null || lib.hasPrefix "/var/cache/" cfg.serve.cacheDir;
+          message = "services.ipnix.serve.cacheDir must be under /var/cache/ (or null): ipnix serve runs as a dynamic user, whose directories systemd creates there.";
+        }
       ];
 
       systemd.services.ipnix-serve = {
@@ -352,7 +358,6 @@ in
           SupplementaryGroups = optional kuboLocal (config.services.kubo.group or "ipfs");
           PrivateDevices = true;
           NoNewPrivileges = true;
-          RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
         } // cacheDirectory cfg.serve.cacheDir;
       };
 
