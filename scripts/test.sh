@@ -43,6 +43,18 @@ if [ -n "$bad" ]; then echo "gofmt would change:"; echo "$bad"; exit 1; fi
 echo "== go vet"
 go vet ./...
 
+echo "== nix-instantiate --parse"
+# Every Nix file (the NixOS module, the package, the flake) must at least
+# parse; evaluating the module is integration/nixos_test.go's job (it needs
+# NIXPKGS_LIB).
+if command -v nix-instantiate >/dev/null; then
+  git ls-files -z '*.nix' | while IFS= read -r -d '' f; do
+    nix-instantiate --parse "$f" >/dev/null || { echo "nix-instantiate --parse $f failed"; exit 1; }
+  done
+else
+  echo "skipped: nix-instantiate is not installed (install nix-bin)"
+fi
+
 echo "== go test -race"
 go test -race -count=1 -timeout 45m ./...
 
