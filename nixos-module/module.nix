@@ -344,7 +344,7 @@ in
         wantedBy = [ "multi-user.target" ];
         inherit after wants;
         serviceConfig = {
-          Type = "exec";
+          Type = "notify"; # ipnix serve sends READY=1 once listening
           ExecStart = commandLine serveArgs;
           Restart = "on-failure";
           RestartSec = "5s";

@@ -369,12 +369,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return codedError{exitMount, err}
 	}
 	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; block sources: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), strings.Join(names, ", "))
+	notifyReady(log) // systemd Type=notify: the store is mounted
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	select {
 	case <-done:
 		log.Info("unmounted from outside", "dir", c.MountPoint)
 	case <-ctx.Done():
+		notifyStopping()
 		unmountServer(srv, c.MountPoint, log)
 		select {
 		case <-done:

@@ -118,6 +118,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "ipnix: serving http://%s (substituters: %s; block sources: %s)\n", ln.Addr(), strings.Join(c.Substituters, " "), strings.Join(st.names, ", "))
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
+	notifyReady(log)
 	select {
 	case err := <-done:
 		return err
