@@ -125,6 +125,9 @@ type FS struct {
 	// served is set once the kernel has mounted the filesystem: before
 	// that (paths preloaded at start) there is no kernel cache to notify.
 	served atomic.Bool
+	// notify writes cache invalidations to the FUSE device (notify.go);
+	// nil until mounted, or when the device cannot be found.
+	notify atomic.Pointer[notifier]
 
 	lookups  singleflight.Group
 	rejected *expirable.LRU[string, error] // store paths refused at load

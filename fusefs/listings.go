@@ -83,9 +83,7 @@ func (f *FS) trimListings() {
 	f.mu.Unlock()
 	for _, base := range dropped {
 		f.Stats.ListingsDropped.Add(1)
-		if f.served.Load() {
-			f.root.NotifyEntry(base)
-		}
+		f.dropEntry(&f.root.Inode, base)
 		f.log.Debug("listing of idle store path dropped", "path", base)
 	}
 	if over > 0 {

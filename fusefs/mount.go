@@ -108,6 +108,9 @@ func newServer(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mounting at %s: %w", dir, err)
 	}
+	if n := newNotifier(srv); n != nil {
+		f.notify.Store(n)
+	}
 	return srv, nil
 }
 

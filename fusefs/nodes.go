@@ -381,14 +381,15 @@ func (f *FS) readErrno(sp *storePath, err error) syscall.Errno {
 }
 
 // forget makes the kernel drop everything it cached of store path base:
-// file pages, attributes and symlink targets before it returns, and the
-// names under the path and its own entry in the root soon after (waiting
-// at most forgetWait: an entry notification waits for lookups in flight
-// in that directory). Whatever the kernel asks for again gets EIO. skip,
-// if not nil, is the file being read: the kernel holds some of its pages
-// locked until that read is answered, so its attributes are dropped now
-// and its pages (those read earlier, mapped ones included) as soon as the
-// read has been answered.
+// file pages (mapped ones included), attributes, symlink targets and
+// directory listings, and the names under the path and its own entry in
+// the root (see notify.go for why these go straight to the device).
+// Whatever the kernel asks for again gets EIO. skip, if not nil, is the
+// file being read: the kernel holds some of its pages locked until that
+// read is answered, so its pages are dropped in the background, once it
+// has been; everything else before forget returns (waiting at most
+// forgetWait for the names: an entry waits for lookups in flight in its
+// directory).
 func (f *FS) forget(base string, skip *fs.Inode) {
 	top := f.root.GetChild(base)
 	if top == nil || !f.served.Load() {
@@ -402,13 +403,10 @@ func (f *FS) forget(base string, skip *fs.Inode) {
 	var walk func(in *fs.Inode)
 	walk = func(in *fs.Inode) {
 		if in == skip {
-			in.NotifyContent(-1, 0) // attributes only
-			// Its pages (mapped, or read before) once the failing read
-			// is answered: the notification waits for the page locks
-			// that read holds, so it cannot be sent from here.
-			go in.NotifyContent(0, 0)
+			in.NotifyContent(-1, 0) // attributes now; never waits
+			go f.dropPages(in)
 		} else {
-			in.NotifyContent(0, 0) // attributes, pages, a symlink's target, a directory's listing
+			f.dropPages(in)
 		}
 		for name, c := range in.Children() {
 			walk(c)
@@ -420,9 +418,9 @@ func (f *FS) forget(base string, skip *fs.Inode) {
 	go func() {
 		defer close(done)
 		for _, e := range entries {
-			e.dir.NotifyEntry(e.name)
+			f.dropEntry(e.dir, e.name)
 		}
-		f.root.NotifyEntry(base)
+		f.dropEntry(&f.root.Inode, base)
 	}()
 	select {
 	case <-done:

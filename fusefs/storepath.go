@@ -122,7 +122,7 @@ func (f *FS) register(base string, sp *storePath) *storePath {
 	// newcomer.
 	f.rootGen.Add(1)
 	if f.served.Load() {
-		go f.root.NotifyContent(0, 0)
+		go f.dropPages(&f.root.Inode) // its cached listing
 	}
 	return sp
 }
