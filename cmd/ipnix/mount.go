@@ -66,6 +66,7 @@ type mountConfig struct {
 	KernelOptions      []string
 	Closures           []string
 	ClosuresFrom       string
+	Overlay            string
 }
 
 const mountSynopsis = `Usage: ipnix mount [flags] [SOURCE] MOUNTPOINT
@@ -114,6 +115,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringVar(&c.Metrics, "metrics", "", "serve counters (/metrics, Prometheus text) and Go profiles (/debug/pprof) over HTTP on this address, e.g. 127.0.0.1:9464; only loopback addresses unless --metrics-allow-remote")
 	fs.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics listen on a non-loopback address (anyone who can reach it can read the counters and profile the process)")
 	fs.StringArrayVar(&c.Closures, "closure", nil, "resolve this store path and everything it references at start, so that the root lists them before any lookup: /nix/store/..., a result symlink, or <hash>-<name> (repeatable)")
+	fs.StringVar(&c.Overlay, "overlay", "", "as root, overlay the mount onto this Nix store directory (normally /nix/store, which stays the upper layer), register the --closure paths with nix-store --load-db and give them GC roots; undone in reverse order on stop")
 	fs.StringVar(&c.ClosuresFrom, "closures-from", "", "read more --closure paths from this file, one a line (# starts a comment)")
 	opts := fs.StringArrayP("option", "o", nil, "mount options as mount(8) passes them: opt,opt=value,... (see below)")
 	fs.BoolVar(&c.Debug, "debug", false, "log debug messages and every FUSE request")
@@ -164,6 +166,9 @@ func (c *mountConfig) check() error {
 		return fmt.Errorf("--max-entries %d must be positive", c.MaxEntries)
 	case c.ListingMemory <= 0:
 		return fmt.Errorf("--listing-memory %d must be positive", c.ListingMemory)
+	}
+	if c.Overlay != "" && len(c.Closures) == 0 && c.ClosuresFrom == "" {
+		return errors.New("--overlay needs --closure (or --closures-from): the paths to register in the Nix database")
 	}
 	if c.Metrics != "" && !c.MetricsAllowRemote {
 		if err := checkLoopback(c.Metrics); err != nil {
@@ -347,7 +352,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer fsys.Close()
-	if err := preloadClosures(ctx, c, res, fsys, stderr); err != nil {
+	closure, roots, err := preloadClosures(ctx, c, res, fsys, stderr)
+	if err != nil {
 		return err
 	}
 	if c.Metrics != "" {
@@ -368,6 +374,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return codedError{exitMount, err}
 	}
+	var ovl *overlay
+	if c.Overlay != "" {
+		if ovl, err = startOverlay(c.Overlay, c.MountPoint, closure, roots, log); err != nil {
+			unmountServer(srv, c.MountPoint, log)
+			return codedError{exitMount, err}
+		}
+		fmt.Fprintf(stderr, "ipnix: %s overlaid on %s; %d store paths registered\n", c.MountPoint, c.Overlay, len(closure))
+	}
 	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; block sources: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), strings.Join(names, ", "))
 	notifyReady(log) // systemd Type=notify: the store is mounted
 	done := make(chan struct{})
@@ -377,6 +391,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("unmounted from outside", "dir", c.MountPoint)
 	case <-ctx.Done():
 		notifyStopping()
+		if ovl != nil {
+			ovl.stop()
+		}
 		unmountServer(srv, c.MountPoint, log)
 		select {
 		case <-done:
@@ -490,21 +507,21 @@ func closureRoots(c *mountConfig) ([]string, error) {
 // preloadClosures resolves the closures asked for (narinfos, signatures,
 // references, in parallel) and loads every path of them into the mount
 // before it serves, so that its root lists them from the start.
-func preloadClosures(ctx context.Context, c *mountConfig, res *narindex.Resolver, fsys *fusefs.FS, stderr io.Writer) error {
-	roots, err := closureRoots(c)
+func preloadClosures(ctx context.Context, c *mountConfig, res *narindex.Resolver, fsys *fusefs.FS, stderr io.Writer) (closure []*narindex.Resolved, roots []string, err error) {
+	roots, err = closureRoots(c)
 	if err != nil || len(roots) == 0 {
-		return err
+		return nil, nil, err
 	}
 	start := time.Now()
-	closure, err := res.Closure(ctx, roots, closureWorkers)
+	closure, err = res.Closure(ctx, roots, closureWorkers)
 	if err == nil {
 		err = fsys.Preload(ctx, closure, closureWorkers)
 	}
 	if err != nil {
-		return codedError{exitClosure, fmt.Errorf("resolving the closures asked for: %w", err)}
+		return nil, nil, codedError{exitClosure, fmt.Errorf("resolving the closures asked for: %w", err)}
 	}
 	fmt.Fprintf(stderr, "ipnix: %d store paths of %d closures ready in %v\n", len(closure), len(roots), time.Since(start).Round(time.Millisecond))
-	return nil
+	return closure, roots, nil
 }
 
 // closureWorkers bounds the narinfos fetched and paths loaded at once at
