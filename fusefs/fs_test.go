@@ -313,17 +313,7 @@ func TestQuarantine(t *testing.T) {
 	bad[big.NarOffset+12345] ^= 1
 	base := e.add(t, "pkg", bad, nar, ls)
 	root := filepath.Join(e.dir, base)
-	var readErr error
-	for name, f := range tree {
-		if f.Mode.IsRegular() && len(f.Data) > 0 {
-			if _, err := os.ReadFile(filepath.Join(root, name)); err != nil {
-				readErr = err
-			}
-		}
-	}
-	if !errors.Is(readErr, syscall.EIO) {
-		t.Fatalf("reading everything: %v, want EIO", readErr)
-	}
+	readAllWantEIO(t, root, tree)
 	if e.fsys.Stats.Quarantined.Load() != 1 {
 		t.Fatal("not counted as quarantined")
 	}
@@ -817,5 +807,22 @@ func TestVerifyStreamsOutOfOrder(t *testing.T) {
 	blocks := int64(len(nar)+chunk-1) / chunk
 	if got := e.stats.Blocks.Load(); got > blocks+2 {
 		t.Fatalf("fetched %d blocks for a %d-leaf NAR: verification re-read it", got, blocks)
+	}
+}
+
+// readAllWantEIO reads every non-empty file of tree under root, as the
+// reader that brings a wrong NAR's last bytes does, and wants EIO.
+func readAllWantEIO(t *testing.T, root string, tree fstest.MapFS) {
+	t.Helper()
+	var readErr error
+	for name, f := range tree {
+		if f.Mode.IsRegular() && len(f.Data) > 0 {
+			if _, err := os.ReadFile(filepath.Join(root, name)); err != nil {
+				readErr = err
+			}
+		}
+	}
+	if !errors.Is(readErr, syscall.EIO) {
+		t.Fatalf("reading everything: %v, want EIO", readErr)
 	}
 }
