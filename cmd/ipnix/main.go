@@ -72,6 +72,10 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	cmd, rest := "", args[1:]
 	// mount(8) runs helpers as mount.fuse.ipnix SOURCE DIR -o OPTS.
 	if b := filepath.Base(args[0]); b == "mount.fuse.ipnix" || b == "mount.ipnix" {
+		// As mount(8) expects: return once mounted, the server detached.
+		if os.Getenv(readyFDEnv) == "" && !wantsHelp(rest) {
+			return runDetached(rest, stderr)
+		}
 		cmd = "mount"
 	} else if len(rest) > 0 {
 		cmd, rest = rest[0], rest[1:]
@@ -145,4 +149,13 @@ func newFlagSet(name, synopsis string, out io.Writer) *pflag.FlagSet {
 		fmt.Fprintf(out, "%s\nFlags:\n%s", synopsis, fs.FlagUsages())
 	}
 	return fs
+}
+
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		if a == "-h" || a == "--help" {
+			return true
+		}
+	}
+	return false
 }

@@ -384,6 +384,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stderr, "ipnix: serving %s (substituters: %s; block sources: %s)\n", c.MountPoint, strings.Join(c.Substituters, " "), strings.Join(names, ", "))
 	notifyReady(log) // systemd Type=notify: the store is mounted
+	signalReady()    // mount(8) through mount.fuse.ipnix
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	select {
