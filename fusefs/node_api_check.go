@@ -25,4 +25,7 @@ var (
 
 	_ fs.NodeGetattrer  = (*symlinkNode)(nil)
 	_ fs.NodeReadlinker = (*symlinkNode)(nil)
+
+	_ fs.NodeGetattrer = (*emptyDir)(nil)
+	_ fs.NodeReaddirer = (*emptyDir)(nil)
 )

@@ -56,6 +56,9 @@ type symlinkNode struct{ entryNode }
 func (f *FS) Root() fs.InodeEmbedder { return f.root }
 
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if name == linksDir {
+		return r.links(ctx, out), 0
+	}
 	sp, err := r.fsys.storePath(ctx, name)
 	if err != nil {
 		r.fsys.Stats.LookupsRefused.Add(1)
@@ -128,6 +131,38 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	out.Frsize = 4096
 	out.NameLen = 255
 	return 0
+}
+
+// linksDir is the directory in a Nix store where Nix keeps hard links for
+// deduplication. Nix creates it whenever it opens a store for writing,
+// also one used only for its database (the lower store of a
+// local-overlay store, nix-store --load-db); an empty one here lets it.
+const linksDir = ".links"
+
+// emptyDir is a read-only directory with nothing in it.
+type emptyDir struct{ fs.Inode }
+
+func (d *emptyDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.Mtime, out.Atime, out.Ctime = 1, 1, 1
+	out.SetTimeout(immutableTimeout)
+	return 0
+}
+
+func (d *emptyDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	return fs.NewListDirStream(nil), 0
+}
+
+// links returns the root's empty .links directory.
+func (r *rootNode) links(ctx context.Context, out *fuse.EntryOut) *fs.Inode {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.Mtime, out.Atime, out.Ctime = 1, 1, 1
+	out.SetEntryTimeout(immutableTimeout)
+	out.SetAttrTimeout(immutableTimeout)
+	// Index 0 is never a store path's; 1 is the root's inode number.
+	return r.NewInode(ctx, &emptyDir{}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino(0, 2)})
 }
 
 // newInode builds (or finds) the inode for listing entry ln of sp under

@@ -269,3 +269,26 @@ func TestPreloadListsClosure(t *testing.T) {
 		t.Fatalf("preloaded paths resolved again %d times", e.res.calls)
 	}
 }
+
+// The root has an empty, read-only .links, as Nix wants in a store it
+// opens for writing (a local-overlay store's lower store, load-db).
+func TestRootLinksDir(t *testing.T) {
+	e := newEnv(t, Config{})
+	fi, err := os.Stat(filepath.Join(e.dir, ".links"))
+	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o555 {
+		t.Fatalf(".links: %v %v", fi, err)
+	}
+	ents, err := os.ReadDir(filepath.Join(e.dir, ".links"))
+	if err != nil || len(ents) != 0 {
+		t.Fatalf(".links lists %v, %v", ents, err)
+	}
+	if err := os.Mkdir(filepath.Join(e.dir, ".links", "x"), 0o755); err == nil {
+		t.Fatal(".links is writable")
+	}
+	var root, links syscall.Stat_t
+	syscall.Stat(e.dir, &root)
+	syscall.Stat(filepath.Join(e.dir, ".links"), &links)
+	if root.Ino == links.Ino {
+		t.Fatal(".links has the root's inode number")
+	}
+}
