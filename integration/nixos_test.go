@@ -157,6 +157,7 @@ func TestNixOSModuleEval(t *testing.T) {
 			"--require-cid-sig",
 			"--closure", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello-2.12.1",
 			"--closure", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-data",
+			"--overlay", "/nix/store",
 			"-o", "allow_other",
 			"--metrics", "127.0.0.1:9464", "--read-timeout", "60s",
 			"/run/ipnix/store"}

@@ -123,6 +123,7 @@ in
       memoryCache = 268435456;
       closures = [ closure "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-data" ];
       requireCidSig = true;
+      overlay = true;
       extraArgs = [ "--metrics" "127.0.0.1:9464" "--read-timeout" "60s" ];
       serve.enable = true;
     };

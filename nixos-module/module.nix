@@ -7,11 +7,10 @@
 # (and `ipnix serve --help`) accept; nixos-module/eval-test.nix and
 # integration/nixos_test.go check that against the built binary.
 #
-# Not here yet: an `overlay` option (ipnix's lazy paths under /nix/store,
-# registered with Nix and kept by GC roots under
-# /nix/var/nix/gcroots/ipnix/). ipnix does not implement the overlay yet;
-# the option will come with it. Until then the mount lives beside the store,
-# at `mountPoint`.
+# `overlay` puts the lazy closures under /nix/store (ipnix mount
+# --overlay): an overlay on the store as its own upper layer, the closures
+# registered with Nix and kept by GC roots under /nix/var/nix/gcroots/ipnix/,
+# all undone when the service stops.
 { config, lib, pkgs, ... }:
 
 let
@@ -62,6 +61,7 @@ let
     [ "${cfg.package}/bin/ipnix" "mount" ]
     ++ sourceArgs cfg.cacheDir
     ++ repeated "--closure" closurePaths
+    ++ optionals cfg.overlay [ "--overlay" "/nix/store" ]
     # The service runs as root; every user (and nix-daemon's builders) may
     # read the store it serves.
     ++ [ "-o" "allow_other" ]
@@ -115,8 +115,21 @@ in
       default = "/run/ipnix/store";
       description = ''
         Where the store is mounted: `<mountPoint>/<hash>-<name>` appears when
-        looked up. Not /nix/store itself (that would hide the system's store;
-        an overlay onto /nix/store is not implemented yet).
+        looked up. Not /nix/store itself (that would hide the system's
+        store; see `overlay` for putting the closures under /nix/store).
+      '';
+    };
+
+    overlay = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Put the `closures` under /nix/store: an overlay on the store with
+        the existing store as its upper layer (what Nix builds still goes
+        there), the closures registered in the Nix database and given GC
+        roots under /nix/var/nix/gcroots/ipnix/. Stopping the service undoes
+        it (GC roots, overlay, then `nix-store --verify` drops the lazy
+        paths from the database).
       '';
     };
 
@@ -283,7 +296,11 @@ in
         {
           assertion = lib.hasPrefix "/" cfg.mountPoint && !(lib.hasPrefix "/nix/store" cfg.mountPoint)
             && !(lib.elem (lib.removeSuffix "/" cfg.mountPoint) [ "" "/nix" ]);
-          message = "services.ipnix.mountPoint must be an absolute path outside /nix/store, and not / or /nix (the overlay onto /nix/store is not implemented yet).";
+          message = "services.ipnix.mountPoint must be an absolute path outside /nix/store, and not / or /nix (use services.ipnix.overlay to put closures under /nix/store).";
+        }
+        {
+          assertion = !cfg.overlay || cfg.closures != [ ];
+          message = "services.ipnix.overlay needs services.ipnix.closures: the store paths to register with Nix.";
         }
       ];
 
