@@ -21,6 +21,13 @@ S=$SCRATCH
 mkdir -p $S/nix/store $S/nix/var/nix $S/lower
 mount --bind $S/nix /nix
 echo "an earlier build" > /nix/store/earlier-file
+# A first mount killed outright leaves its overlay behind; the next start
+# clears it.
+$IPNIX mount --overlay /nix/store --api $API --substituter file://$CACHE \
+  --trusted-public-key "$PUB" --closure $TOP $S/lower > $S/log0 2>&1 &
+pid=$!
+for i in $(seq 300); do grep -q "ipnix: serving" $S/log0 && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -KILL $pid; wait $pid 2>/dev/null || true
 $IPNIX mount --overlay /nix/store --api $API --substituter file://$CACHE \
   --trusted-public-key "$PUB" --closure $TOP --metrics 127.0.0.1:0 $S/lower > $S/log 2>&1 &
 pid=$!

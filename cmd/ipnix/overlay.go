@@ -45,6 +45,12 @@ func startOverlay(store, lower string, closure []*narindex.Resolved, roots []str
 	if err != nil {
 		return nil, fmt.Errorf("--overlay: no nix-store on PATH to register the closures with: %w", err)
 	}
+	// An overlay of ours left by a mount that was killed: its lower layer
+	// is dead, and a new one would stack on it.
+	if stale, err := staleOverlay(store, lower); err == nil && stale {
+		log.Warn("removing the overlay a killed ipnix left on the store", "dir", store)
+		syscall.Unmount(store, syscall.MNT_DETACH)
+	}
 	// The work directory must be on the same mount as the upper layer.
 	o := &overlay{store: store, lower: lower, work: filepath.Join(filepath.Dir(store), ".ipnix-overlay-work"), log: log}
 	if err := os.RemoveAll(o.work); err != nil {
@@ -114,4 +120,30 @@ func (o *overlay) stop() {
 			o.log.Warn("nix-store --verify after removing the overlay", "err", err, "output", strings.TrimSpace(string(out)))
 		}
 	}
+}
+
+// staleOverlay reports whether the top mount at store is an overlay whose
+// lower layer is lower (one this command made).
+func staleOverlay(store, lower string) (bool, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	found := false
+	for line := range strings.Lines(string(data)) {
+		// id parent major:minor root mountpoint opts ... - fstype source superopts
+		f := strings.Fields(line)
+		if len(f) < 10 || f[4] != store {
+			continue
+		}
+		found = false // the last match is on top
+		for i := 6; i < len(f); i++ {
+			if f[i] == "-" {
+				found = i+3 < len(f) && f[i+1] == "overlay" &&
+					strings.Contains(","+f[i+3]+",", ",lowerdir="+lower+",")
+				break
+			}
+		}
+	}
+	return found, nil
 }
