@@ -90,7 +90,12 @@ func newServer(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 			MaxWrite:             maxRequest,
 			MaxReadAhead:         maxRequest,
 			EnableSymlinkCaching: true,
-			DisableXAttrs:        true,
+			// Every read is answered from memory (ReadResultData), which
+			// go-fuse cannot splice; it would still take a pipe, grow it
+			// and write the header into it before giving up, and for a
+			// 1 MiB read fail to grow it at all and log a line each time.
+			DisableSplice: true,
+			DisableXAttrs: true,
 			// As root, mount with mount(2) directly; else fusermount3.
 			DirectMount: os.Geteuid() == 0,
 			Debug:       o.Debug,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,5 +291,31 @@ func TestRootLinksDir(t *testing.T) {
 	syscall.Stat(filepath.Join(e.dir, ".links"), &links)
 	if root.Ino == links.Ino {
 		t.Fatal(".links has the root's inode number")
+	}
+}
+
+// Reads are answered from memory: go-fuse is not asked to splice them
+// (before, every 1 MiB read failed to grow a pipe and logged a line).
+func TestNoSpliceAttempts(t *testing.T) {
+	var logged bytes.Buffer
+	log.SetOutput(&logged)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	e := newEnv(t, Config{})
+	tree := testTree()
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "pkg", nar, nar, ls)
+	f, err := os.Open(filepath.Join(e.dir, base, "share/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Read(buf); err != nil {
+			break
+		}
+	}
+	if strings.Contains(logged.String(), "trySplice") {
+		t.Fatalf("go-fuse tried to splice:\n%s", logged.String())
 	}
 }
