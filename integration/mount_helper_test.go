@@ -59,12 +59,12 @@ func TestMountHelperDetaches(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		o, _ := exec.Command("pgrep", "-f", "ipnix mount ipnix "+dir).Output()
-		if strings.TrimSpace(string(o)) == "" {
+		pids := processesWith(" mount ipnix " + dir)
+		if len(pids) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("server still running after the unmount: pids %s", o)
+			t.Fatalf("server still running after the unmount: pids %v", pids)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -75,4 +75,21 @@ func TestMountHelperDetaches(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "/no/such/cache") {
 		t.Fatalf("failing mount.fuse.ipnix: %v\n%s", err, out)
 	}
+}
+
+// processesWith lists the processes whose command line (arguments joined
+// by spaces) contains s. It reads /proc: pgrep is not on every machine.
+func processesWith(s string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), s) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }

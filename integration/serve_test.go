@@ -97,6 +97,36 @@ func TestServeToNixCopy(t *testing.T) {
 		t.Fatalf("range request: %s, %d bytes, equal=%v", resp.Status, len(part), bytes.Equal(part, narBytes[1000:2000]))
 	}
 
+	// The listing is served only when it is the one the publisher signed:
+	// the true one is, a tampered one (narinfo and signatures untouched)
+	// is not, and Nix gets no unauthenticated names, modes or targets.
+	getLs := func(base string) (int, []byte) {
+		resp, err := http.Get(base + "/" + sp.Hash + ".ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	trueLs, err := os.ReadFile(filepath.Join(p.cache, sp.Hash+".ls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, b := getLs(url); code != http.StatusOK || !bytes.Equal(b, trueLs) {
+		t.Fatalf("signed listing: %d, equal=%v", code, bytes.Equal(b, trueLs))
+	}
+	lsTampered := t.TempDir()
+	p.copyEntry(t, lsTampered, lib, nil)
+	evilLs := bytes.Replace(trueLs, []byte(`"share"`), []byte(`"shore"`), 1)
+	if err := os.WriteFile(filepath.Join(lsTampered, sp.Hash+".ls"), evilLs, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url3, _ := startServe(t, "--api", p.kubo.api, "--substituter", "file://"+lsTampered, "--trusted-public-key", p.pub)
+	if code, b := getLs(url3); code != http.StatusNotFound || bytes.Contains(b, []byte("shore")) {
+		t.Fatalf("tampered listing served: %d %q", code, b)
+	}
+
 	// Another NAR of the same size behind the narinfo, IpfsCidSig stripped
 	// (the ordinary Sig stays valid: it does not cover the CID).
 	ni := p.narInfo(t, lib)

@@ -356,15 +356,15 @@ func firstLine(s string) string {
 	return s
 }
 
-// print writes the markdown table.
-func (b *bench) print(w io.Writer, bigSize int64) {
+// printTable writes the markdown table.
+func printTable(w io.Writer, results []result, memCache, bigSize int64, rounds int) {
 	host, _ := os.Hostname()
-	fmt.Fprintf(w, "ipnix benchmark, %s, %s, %d cores, %s/%s; memory cache %s, large file %s\n\n",
+	fmt.Fprintf(w, "ipnix benchmark, %s, %s, %d cores, %s/%s; memory cache %s, large file %s; median of %d rounds\n\n",
 		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
-		humanize.IBytes(uint64(b.memCache)), humanize.IBytes(uint64(bigSize)))
+		humanize.IBytes(uint64(memCache)), humanize.IBytes(uint64(bigSize)), rounds)
 	fmt.Fprintln(w, "| | measure | ipnix | baseline | ratio | target | met |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-	for _, r := range b.results {
+	for _, r := range results {
 		met := "n/a"
 		if r.Met != nil {
 			met = map[bool]string{true: "yes", false: "**no**"}[*r.Met]

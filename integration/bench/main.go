@@ -1,8 +1,12 @@
-// Command bench measures ipnix against the alternatives on this machine, in
-// one run: it starts its own kubo, builds a corpus with real Nix, publishes
-// it, and prints a markdown table (and writes JSON) of figures and ratios.
+// Command bench measures ipnix against the alternatives on this machine: it
+// starts its own kubo, builds a corpus with real Nix, publishes it, and
+// prints a markdown table (and writes JSON) of figures and ratios. Each
+// round measures every case on both sides, one after the other and from
+// the same cache state (cold cases drop the page cache before each side);
+// the table gives, per row, the round with the median ratio and lists the
+// ratios of all rounds.
 //
-//	go run ./integration/bench [--big 256MiB] [--json FILE]
+//	go run ./integration/bench [--rounds 3] [--big 256MiB] [--json FILE]
 //
 // Needs root (FUSE, dropping the page cache), Nix and fuse3, as the tests do.
 package main
@@ -18,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 
@@ -59,18 +64,28 @@ type bench struct {
 func main() {
 	bigSize := flag.String("big", "256MiB", "size of the large file for B1/B2")
 	jsonOut := flag.String("json", "", "also write the results as JSON to this file")
+	rounds := flag.Int("rounds", 3, "rounds of every case on both sides; the table gives the median")
 	flag.Parse()
 	size, err := humanize.ParseBytes(*bigSize)
 	if err != nil {
 		fatal(err)
 	}
-	b := &bench{log: os.Stderr, memCache: 64 << 20}
-	if err := b.run(int64(size)); err != nil {
-		fatal(err)
+	if *rounds < 1 {
+		fatal(fmt.Errorf("--rounds %d: at least one", *rounds))
 	}
-	b.print(os.Stdout, int64(size))
+	var all [][]result
+	for i := range *rounds {
+		b := &bench{log: os.Stderr, memCache: 64 << 20}
+		b.logf("round %d of %d", i+1, *rounds)
+		if err := b.run(int64(size)); err != nil {
+			fatal(err)
+		}
+		all = append(all, b.results)
+	}
+	results := medianRows(all)
+	printTable(os.Stdout, results, 64<<20, int64(size), *rounds)
 	if *jsonOut != "" {
-		data, _ := json.MarshalIndent(b.results, "", "  ")
+		data, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(*jsonOut, data, 0o644); err != nil {
 			fatal(err)
 		}
@@ -248,4 +263,33 @@ func boolp(v bool) *bool { return &v }
 func (b *bench) add(r result) {
 	b.results = append(b.results, r)
 	b.logf("%s %s: ipnix %s | baseline %s | ratio %.2f (%s)", r.ID, r.What, r.Ipnix, r.Baseline, r.Ratio, r.RatioOf)
+}
+
+// medianRows gives, for each row (the same order in every round), the
+// round with the median ratio, its note listing every round's ratio.
+func medianRows(all [][]result) []result {
+	out := make([]result, len(all[0]))
+	for i := range out {
+		var rows []result
+		for _, r := range all {
+			if i < len(r) {
+				rows = append(rows, r[i])
+			}
+		}
+		sort.Slice(rows, func(a, b int) bool { return rows[a].Ratio < rows[b].Ratio })
+		m := rows[len(rows)/2]
+		if len(rows) > 1 && m.Ratio != 0 {
+			var rs []string
+			for _, r := range rows {
+				rs = append(rs, fmt.Sprintf("%.2f", r.Ratio))
+			}
+			note := fmt.Sprintf("median of %d rounds (ratios %s)", len(rows), strings.Join(rs, ", "))
+			if m.Note != "" {
+				note = m.Note + "; " + note
+			}
+			m.Note = note
+		}
+		out[i] = m
+	}
+	return out
 }
