@@ -130,3 +130,28 @@ func FuzzStorePathArg(f *testing.F) {
 		}
 	})
 }
+
+// ResolveHash finds a path by its hash part with one narinfo request, and
+// applies Resolve's checks.
+func TestResolveHash(t *testing.T) {
+	k := testSecretKey(t)
+	m, base := closureCache(t, k)
+	r := &Resolver{Substituters: []Substituter{m}, TrustedKeys: []PublicKey{k.Public()}, RequireSigs: true}
+	hash := strings.SplitN(base["lib"], "-", 2)[0]
+	res, err := r.ResolveHash(context.Background(), hash)
+	if err != nil || res.Path.Base() != base["lib"] || !res.CidSigned {
+		t.Fatalf("ResolveHash = %+v, %v", res, err)
+	}
+	if info, _ := m.requests(); info != 1 {
+		t.Fatalf("%d narinfo requests, want 1", info)
+	}
+	for _, bad := range []string{"", "x", strings.Repeat("e", 32), hash + "x"} {
+		if _, err := r.ResolveHash(context.Background(), bad); !errors.Is(err, ErrNotFound) {
+			t.Errorf("ResolveHash(%q) = %v, want not found", bad, err)
+		}
+	}
+	r.TrustedKeys = []PublicKey{{Name: "other", Key: make([]byte, 32)}}
+	if _, err := r.ResolveHash(context.Background(), hash); !errors.Is(err, ErrRejected) {
+		t.Fatalf("untrusted: %v", err)
+	}
+}

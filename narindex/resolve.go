@@ -96,6 +96,13 @@ func (r *Resolver) Resolve(ctx context.Context, base string) (*Resolved, error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q is not a store path name: %v", ErrNotFound, base, err)
 	}
+	return r.resolve(ctx, sp, -1, nil)
+}
+
+// resolve is Resolve for sp; when known is not nil it is the narinfo that
+// substituter number from has already given for sp's hash.
+func (r *Resolver) resolve(ctx context.Context, sp StorePath, from int, known *NarInfo) (*Resolved, error) {
+	base := sp.Base()
 	if len(r.Substituters) == 0 {
 		return nil, fmt.Errorf("%s: %w: no substituters configured", base, ErrNotFound)
 	}
@@ -103,8 +110,11 @@ func (r *Resolver) Resolve(ctx context.Context, base string) (*Resolved, error) 
 		return nil, err
 	}
 	var failures, rejections []string
-	for _, s := range r.Substituters {
-		info, err := s.NarInfo(ctx, sp.Hash)
+	for i, s := range r.Substituters {
+		info, err := known, error(nil)
+		if i != from {
+			info, err = s.NarInfo(ctx, sp.Hash)
+		}
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
@@ -289,7 +299,7 @@ func (r *Resolver) ResolveHash(ctx context.Context, hash string) (*Resolved, err
 		return nil, fmt.Errorf("%w: %q is not a store path hash: %v", ErrNotFound, hash, err)
 	}
 	var failures []string
-	for _, s := range r.Substituters {
+	for i, s := range r.Substituters {
 		info, err := s.NarInfo(ctx, hash)
 		if err != nil {
 			if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrRejected) && !errors.Is(err, ErrMalformedNarInfo) {
@@ -298,7 +308,8 @@ func (r *Resolver) ResolveHash(ctx context.Context, hash string) (*Resolved, err
 			continue
 		}
 		if sp, err := ParseStorePath(info.StorePath); err == nil && sp.Hash == hash {
-			return r.Resolve(ctx, sp.Base())
+			// The narinfo just fetched is not fetched again.
+			return r.resolve(ctx, sp, i, info)
 		}
 	}
 	if len(failures) > 0 { // a passing failure is not a definite absence
