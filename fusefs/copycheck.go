@@ -49,9 +49,9 @@ func (fl *files) check(nh string) {
 		case fl.ctx.Err() != nil:
 			fl.state[nh] = unchecked
 		default:
-			fl.stats.LocalCopiesDropped.Add(1)
 			fl.log.Warn("local copies differ from their manifest; dropped", "dir", p, "err", err)
 			fl.dropLocked(nh)
+			fl.stats.LocalCopiesDropped.Add(1)
 		}
 	})
 }
@@ -64,9 +64,16 @@ func (fl *files) check(nh string) {
 func (fl *files) checkOne(nh string, off int64, fd int) error {
 	key := nh + "/" + strconv.FormatInt(off, 10)
 	fl.mu.Lock()
+	// The descriptor may have been opened just before the directory was
+	// dropped (a failed check, a quarantine, eviction): only copies still
+	// held, and written or checked by this process, are used.
+	held := fl.lru.Contains(nh)
 	_, pending := fl.state[nh]
 	done := fl.checked[key]
 	fl.mu.Unlock()
+	if !held {
+		return fmt.Errorf("local copies %s were dropped", nh)
+	}
 	if !pending || done {
 		return nil
 	}
@@ -74,10 +81,13 @@ func (fl *files) checkOne(nh string, off int64, fd int) error {
 	err := checkCopy(p, off, fd)
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
+	if err == nil && !fl.lru.Contains(nh) {
+		return fmt.Errorf("local copies %s were dropped", nh)
+	}
 	if err != nil {
-		fl.stats.LocalCopiesDropped.Add(1)
 		fl.log.Warn("local copies differ from their manifest; dropped", "dir", p, "err", err)
 		fl.dropLocked(nh)
+		fl.stats.LocalCopiesDropped.Add(1)
 		return err
 	}
 	fl.checked[key] = true

@@ -25,19 +25,14 @@ const entryOverhead = 200
 // may be dropped (FS.idleFor, changed by tests).
 const idleFor = time.Second
 
-// estimateListing returns the estimated memory of listing l.
-func estimateListing(l *narindex.Listing) int64 {
-	var n int64
-	var walk func(ln *narindex.ListingNode)
-	walk = func(ln *narindex.ListingNode) {
-		n += entryOverhead + int64(len(ln.Target))
-		for name, c := range ln.Entries {
-			n += int64(len(name))
-			walk(c)
-		}
+// entryBytes is the estimated memory of listing entry n: the node, its
+// names' bytes, its ordinal and, when listed, its directory entries.
+func entryBytes(n *narindex.ListingNode) int64 {
+	b := int64(entryOverhead + len(n.Target))
+	for name := range n.Entries {
+		b += int64(len(name))
 	}
-	walk(l.Root)
-	return n
+	return b
 }
 
 // touch records a use of sp for the LRU order of listings.

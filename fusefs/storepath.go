@@ -203,7 +203,6 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if err := sp.number(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)
 	}
-	sp.bytes = estimateListing(sp.listing)
 	if f.files != nil {
 		f.files.check(sp.copiesKey) // local copies from an earlier run, if any
 	}
@@ -275,7 +274,7 @@ func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved) er
 	} else if res.ListingNote != "" {
 		sp.fs.log.Info("not using the substituter's listing; reading NAR headers instead", "path", sp.base, "from", res.From, "why", res.ListingNote)
 	}
-	l, err := narindex.ListingFromNarLimit(newSeekBuffer(ctxReaderAt{ctx, sp.nar}, sp.nar.Size()), max)
+	l, err := narindex.ListingFromNarLimit(sp.nar.ReadSeeker(ctx, 0), max)
 	if err != nil {
 		if errors.Is(err, narindex.ErrMalformedNAR) || errors.Is(err, narindex.ErrTooManyEntries) {
 			return fmt.Errorf("%w: %s: NAR %s: %v", narindex.ErrRejected, sp.base, sp.cid, err)
@@ -286,7 +285,8 @@ func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved) er
 	return nil
 }
 
-// number gives every listing entry its ordinal in NAR order.
+// number gives every listing entry its ordinal in NAR order, and adds
+// up the listing's estimated memory (see listings.go) on the way.
 func (sp *storePath) number() error {
 	sp.ordinals = make(map[*narindex.ListingNode]uint32)
 	var walk func(n *narindex.ListingNode) error
@@ -295,6 +295,7 @@ func (sp *storePath) number() error {
 			return errors.New("too many entries for 32-bit ordinals")
 		}
 		sp.ordinals[n] = uint32(len(sp.ordinals))
+		sp.bytes += entryBytes(n)
 		for _, name := range sortedNames(n) {
 			if err := walk(n.Entries[name]); err != nil {
 				return err
@@ -353,14 +354,4 @@ func (sp *storePath) onQuarantine(reason error, reading *fs.Inode) {
 		f.files.drop(sp.copiesKey)
 	}
 	f.forget(sp.base, reading)
-}
-
-// ctxReaderAt gives a fetch.File the io.ReaderAt shape with a fixed context.
-type ctxReaderAt struct {
-	ctx context.Context
-	f   *fetch.File
-}
-
-func (r ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	return r.f.ReadAt(r.ctx, p, off)
 }

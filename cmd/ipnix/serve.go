@@ -260,7 +260,7 @@ func (s *cacheServer) nar(w http.ResponseWriter, r *http.Request, hash string) {
 	w.Header().Set("Content-Type", "application/x-nix-nar")
 	if r.Header.Get("Range") != "" && res.CidSigned {
 		// Every block is checked against a CID a trusted key signed.
-		http.ServeContent(w, r, hash+".nar", time.Time{}, &fileSeeker{f: f, ctx: r.Context(), timeout: s.readTimeout})
+		http.ServeContent(w, r, hash+".nar", time.Time{}, f.ReadSeeker(r.Context(), s.readTimeout))
 		return
 	}
 	chk := integrity.New(info.NarHash, f.Size(), 0, s.ahead)
@@ -319,38 +319,4 @@ func (s *cacheServer) blocksEvict(f *fetch.File) {
 	for _, c := range f.KnownBlocks() {
 		s.blocks.evict(c)
 	}
-}
-
-// fileSeeker reads a UnixFS file as an io.ReadSeeker for http.ServeContent,
-// each read bounded by timeout.
-type fileSeeker struct {
-	f       *fetch.File
-	ctx     context.Context
-	timeout time.Duration
-	pos     int64
-}
-
-func (s *fileSeeker) Read(p []byte) (int, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
-	defer cancel()
-	n, err := s.f.ReadAt(ctx, p, s.pos)
-	s.pos += int64(n)
-	return n, err
-}
-
-func (s *fileSeeker) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		off += s.pos
-	case io.SeekEnd:
-		off += s.f.Size()
-	default:
-		return 0, errors.New("bad whence")
-	}
-	if off < 0 {
-		return 0, errors.New("negative position")
-	}
-	s.pos = off
-	return off, nil
 }

@@ -1,13 +1,41 @@
-package fusefs
+package fetch
 
 import (
+	"context"
 	"errors"
 	"io"
+	"time"
 )
+
+// ReadSeeker reads bytes of f as an io.ReadSeeker, through a 64 KiB
+// buffer, each fetch under ctx and, when timeout is positive, bounded by
+// it: for readers that want the io shapes (a NAR header walk, an HTTP
+// range response).
+func (f *File) ReadSeeker(ctx context.Context, timeout time.Duration) io.ReadSeeker {
+	return newSeekBuffer(fileReaderAt{ctx, f, timeout}, f.size)
+}
+
+// fileReaderAt gives a File the io.ReaderAt shape with a fixed context.
+type fileReaderAt struct {
+	ctx     context.Context
+	f       *File
+	timeout time.Duration
+}
+
+func (r fileReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	ctx := r.ctx
+	if r.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+	}
+	return r.f.ReadAt(ctx, p, off)
+}
 
 // seekBuffer reads an io.ReaderAt as an io.ReadSeeker through a buffer, so
 // that a NAR parser's many small token reads become few block reads while
-// its seeks over file contents still skip them.
+// its seeks over file contents still skip them (and an HTTP range copy
+// reads whole buffers).
 type seekBuffer struct {
 	ra     io.ReaderAt
 	size   int64
