@@ -32,6 +32,7 @@ type Memory struct {
 	bytes int64
 
 	inflight singleflight.Group
+	pending  map[string]*expected // blocks on their way (see Expect), under mu
 }
 
 // NewMemory returns a cache of at most maxBytes of block data in front of src.
@@ -50,6 +51,12 @@ func NewMemory(src fetch.BlockGetter, maxBytes int64) *Memory {
 func (m *Memory) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	key := string(c.Hash())
 	if data, ok := m.get(key); ok {
+		m.Stats.Hits.Add(1)
+		return blocks.NewBlockWithCid(data, c)
+	}
+	if data, err := m.awaitExpected(ctx, key); err != nil {
+		return nil, err
+	} else if data != nil {
 		m.Stats.Hits.Add(1)
 		return blocks.NewBlockWithCid(data, c)
 	}

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
 )
 
 // Prefetcher fetches blocks ahead of readers on a bounded pool of workers.
@@ -15,8 +16,7 @@ import (
 // never blocks a reader: when the queue is full, work is dropped.
 type Prefetcher struct {
 	bg     BlockGetter
-	batch  RangeSource        // when set, ranges come in one request each
-	put    func(blocks.Block) // where batched blocks go (the cache)
+	batch  *Batch // when set, runs of leaves come in one request each
 	ctx    context.Context
 	cancel context.CancelFunc
 	jobs   chan prefetchJob
@@ -37,8 +37,9 @@ type PrefetchStats struct {
 type prefetchJob struct {
 	f    *File
 	off  int64
-	end  int64     // a byte range to resolve into leaves, or
-	leaf LeafRange // one leaf to fetch
+	end  int64       // a byte range to resolve into leaves, or
+	leaf LeafRange   // one leaf to fetch, or
+	run  []LeafRange // leaves to fetch in one request
 	stop func() bool
 }
 
@@ -88,57 +89,142 @@ func (p *Prefetcher) work() {
 		if j.stop != nil && j.stop() {
 			continue
 		}
-		if j.f != nil && j.leaf.Cid.Defined() {
+		switch {
+		case len(j.run) > 0:
+			p.fetchRun(j)
+		case j.leaf.Cid.Defined():
 			if _, err := p.bg.GetBlock(p.ctx, j.leaf.Cid); err != nil {
 				p.Stats.Errors.Add(1)
 			} else {
 				p.Stats.Blocks.Add(1)
 			}
-			continue
+		default:
+			p.split(j)
 		}
-		// Resolve the range into leaves (loading intermediate nodes under
-		// our context) and fan them out to the pool.
-		leaves, err := j.f.Leaves(p.ctx, j.off, j.end)
-		if err != nil {
-			p.Stats.Errors.Add(1)
-			continue
-		}
-		if p.batch != nil && len(leaves) > 1 {
-			got := map[string]bool{}
-			_, err := j.f.FetchRange(p.ctx, p.batch, j.off, j.end, func(b blocks.Block) {
-				got[string(b.Cid().Hash())] = true
-				p.put(b)
-				p.Stats.Blocks.Add(1)
-			})
-			p.Stats.Batches.Add(1)
-			if err == nil {
+	}
+}
+
+// split resolves a byte range into leaves (loading intermediate nodes
+// under the prefetcher's context) and queues them: runs of several
+// leaves as one job each when batching, the others a job per leaf.
+func (p *Prefetcher) split(j prefetchJob) {
+	leaves, err := j.f.Leaves(p.ctx, j.off, j.end)
+	if err != nil {
+		p.Stats.Errors.Add(1)
+		return
+	}
+	var held func(cid.Cid) bool
+	if p.batch != nil {
+		held = p.batch.Held
+	}
+	batched := map[int64]bool{} // leaf starts queued in a run
+	if p.batch != nil {
+		for _, run := range Runs(leaves, held) {
+			if len(run) < 2 {
 				continue
 			}
-			p.Stats.Errors.Add(1)
-			// Fall back to single blocks for what did not arrive.
-			var rest []LeafRange
-			for _, l := range leaves {
-				if !got[string(l.Cid.Hash())] {
-					rest = append(rest, l)
-				}
+			for _, l := range run {
+				batched[l.Start] = true
 			}
-			leaves = rest
+			p.enqueue(prefetchJob{f: j.f, run: run, stop: j.stop})
 		}
-		for _, l := range leaves {
-			if l.data != nil {
-				continue
+	}
+	for _, l := range leaves {
+		if l.data != nil || batched[l.Start] || (held != nil && held(l.Cid)) {
+			continue
+		}
+		p.enqueue(prefetchJob{f: j.f, leaf: l, stop: j.stop})
+	}
+}
+
+// fetchRun fetches one run of leaves in one request. Readers asking for
+// its blocks meanwhile wait for them (Batch.Expect); what does not arrive
+// is queued again a block at a time.
+func (p *Prefetcher) fetchRun(j prefetchJob) {
+	b := p.batch
+	deliver := make(map[string]func(blocks.Block), len(j.run))
+	run := j.run
+	if b.Expect != nil {
+		// Leaves held or on their way by now (another read-ahead of the
+		// same bytes) are not fetched again: the run is cut around them.
+		for _, l := range run {
+			if d := b.Expect(l.Cid); d != nil {
+				deliver[l.Cid.KeyString()] = d
 			}
+		}
+		var err error
+		for _, sub := range Runs(run, func(c cid.Cid) bool { return deliver[c.KeyString()] == nil }) {
+			if err = p.fetchRunPart(j, sub, deliver); err != nil {
+				break
+			}
+		}
+		for _, d := range deliver {
+			d(nil)
+		}
+		p.afterRun(j, err, deliver)
+		return
+	}
+	err := p.fetchRunPart(j, run, deliver)
+	p.afterRun(j, err, nil)
+}
+
+// fetchRunPart fetches run in one request, handing each block to the
+// reader waiting for it (deliver, which loses the entry) or to Put.
+func (p *Prefetcher) fetchRunPart(j prefetchJob, run []LeafRange, deliver map[string]func(blocks.Block)) error {
+	b := p.batch
+	_, err := b.Fetch(p.ctx, j.f, run, func(blk blocks.Block) {
+		k := blk.Cid().KeyString()
+		if d := deliver[k]; d != nil {
+			d(blk)
+			delete(deliver, k)
+		} else if b.Put != nil {
+			b.Put(blk)
+		}
+		p.Stats.Blocks.Add(1)
+	})
+	p.Stats.Batches.Add(1)
+	return err
+}
+
+// afterRun handles the end of a run's fetch: on failure, the leaves that
+// did not arrive (left in undelivered) are queued a block at a time.
+func (p *Prefetcher) afterRun(j prefetchJob, err error, undelivered map[string]func(blocks.Block)) {
+	if err == nil {
+		return
+	}
+	p.Stats.Errors.Add(1)
+	if p.batch.OnError != nil {
+		p.batch.OnError(err)
+	}
+	for _, l := range j.run {
+		if undelivered == nil || undelivered[l.Cid.KeyString()] != nil {
 			p.enqueue(prefetchJob{f: j.f, leaf: l, stop: j.stop})
 		}
 	}
 }
 
-// SetBatch makes the prefetcher fetch each range of more than one missing
-// block from src in one request, handing the verified blocks to put. Call
-// before use.
-func (p *Prefetcher) SetBatch(src RangeSource, put func(blocks.Block)) {
-	p.batch, p.put = src, put
+// Batch lets the prefetcher fetch runs of leaves in one request each.
+type Batch struct {
+	// Fetch fetches one run of contiguous leaves (see Runs), handing each
+	// block that arrived and matched its CID to put. FetchBytes and
+	// FetchRange do this.
+	Fetch func(ctx context.Context, f *File, run []LeafRange, put func(blocks.Block)) (int, error)
+	// Held reports a block held already, which is not fetched again. May
+	// be nil.
+	Held func(cid.Cid) bool
+	// Expect announces a block about to arrive, so that readers wait for
+	// it instead of fetching it again (see cache.Memory.Expect). May be nil.
+	Expect func(cid.Cid) func(blocks.Block)
+	// Put stores a verified block that was not expected. May be nil.
+	Put func(blocks.Block)
+	// OnError, if set, is told of each run that failed (its blocks are
+	// then fetched one by one).
+	OnError func(error)
 }
+
+// SetBatch makes the prefetcher fetch runs of several leaves through b,
+// one request per run. Call before use.
+func (p *Prefetcher) SetBatch(b *Batch) { p.batch = b }
 
 // Close cancels outstanding work and waits for the workers to finish.
 func (p *Prefetcher) Close() {
@@ -200,6 +286,12 @@ func (r *Readahead) Observe(off, n, size int64) (from, to int64) {
 		r.window = min(MinWindow, r.max)
 	} else {
 		r.window = min(2*r.window, r.max)
+	}
+	// While at least half a window is asked for ahead of the reader,
+	// wait: read-ahead then goes out in pieces of half a window or more,
+	// which a ranged fetch serves in one request.
+	if r.ahead-(off+n) >= r.window/2 && r.ahead < size {
+		return 0, 0
 	}
 	from = max(r.ahead, off+n)
 	to = min(off+n+r.window, size)

@@ -13,22 +13,40 @@ import (
 func TestReadaheadWindow(t *testing.T) {
 	const size = 100 << 20
 	r := fetch.NewReadahead(8 << 20)
-	// Sequential from the start: the window opens and doubles to the max.
-	var windows []int64
+	// Sequential from the start: the window opens at MinWindow and grows
+	// to the max; the ranges asked for follow each other, always cover the
+	// reader, and (past the first) come in pieces of half a window or more
+	// rather than a piece per read.
+	var ranges [][2]int64
+	var furthest int64
 	off := int64(0)
-	for range 6 {
+	for range 200 {
 		from, to := r.Observe(off, 128<<10, size)
-		if to <= from {
-			t.Fatalf("sequential read at %d: no read-ahead", off)
-		}
-		if from < off+128<<10 {
-			t.Fatalf("read-ahead [%d,%d) starts before the end of the read at %d", from, to, off)
-		}
-		windows = append(windows, to-(off+128<<10))
 		off += 128 << 10
+		if to > from {
+			if n := len(ranges); n > 0 && from != ranges[n-1][1] {
+				t.Fatalf("read-ahead [%d,%d) does not follow [%d,%d)", from, to, ranges[n-1][0], ranges[n-1][1])
+			}
+			ranges = append(ranges, [2]int64{from, to})
+			furthest = max(furthest, to-off)
+		}
+		if len(ranges) == 0 || ranges[len(ranges)-1][1] < off {
+			t.Fatalf("reader at %d not covered by read-ahead %v", off, ranges)
+		}
 	}
-	if windows[0] != fetch.MinWindow || windows[len(windows)-1] != 8<<20 {
-		t.Fatalf("windows %v: want %d growing to %d", windows, fetch.MinWindow, 8<<20)
+	if ranges[0] != [2]int64{128 << 10, 128<<10 + fetch.MinWindow} {
+		t.Fatalf("first read-ahead %v, want a window of %d after the read", ranges[0], fetch.MinWindow)
+	}
+	if furthest != 8<<20 {
+		t.Fatalf("window reached %d ahead, want %d", furthest, 8<<20)
+	}
+	for _, rg := range ranges[1:] {
+		if rg[1]-rg[0] < fetch.MinWindow/2 {
+			t.Fatalf("read-ahead piece [%d,%d) smaller than half the first window", rg[0], rg[1])
+		}
+	}
+	if len(ranges) > 200/4 {
+		t.Fatalf("%d read-ahead requests for 200 reads", len(ranges))
 	}
 	// A jump is random: nothing, and the window closes.
 	if from, to := r.Observe(50<<20, 4096, size); to > from {

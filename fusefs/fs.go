@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
-	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/singleflight"
 
@@ -42,10 +41,9 @@ type Config struct {
 	Readahead int64
 	// ReadaheadWorkers bounds concurrent read-ahead fetches (default 8).
 	ReadaheadWorkers int
-	// Batch, when set, serves read-ahead ranges in one request each; the
-	// verified blocks go to Put (normally the memory cache).
-	Batch fetch.RangeSource
-	Put   func(blocks.Block)
+	// Batch, when set, fetches read-ahead runs of leaves in one request
+	// each (see fetch.Batch).
+	Batch *fetch.Batch
 	// FilesDir, when set, holds local copies of the larger files of
 	// verified store paths for FUSE passthrough, up to FilesQuota bytes;
 	// they are kept across restarts (see passthrough.go).
@@ -174,8 +172,8 @@ func New(cfg Config) (*FS, error) {
 	}
 	if cfg.Readahead > 0 {
 		f.prefetch = fetch.NewPrefetcher(cfg.Blocks, cfg.ReadaheadWorkers, 1024)
-		if cfg.Batch != nil && cfg.Put != nil {
-			f.prefetch.SetBatch(cfg.Batch, cfg.Put)
+		if cfg.Batch != nil {
+			f.prefetch.SetBatch(cfg.Batch)
 		}
 	}
 	return f, nil

@@ -83,7 +83,7 @@ func TestMountArgs(t *testing.T) {
 		{"listing-memory bad", append(base, "-o", "listing-memory=big", "/mnt"), nil, `"big"`},
 		{"listing-memory without value", append(base, "-o", "listing-memory", "/mnt"), nil, "needs a value"},
 		{"flag-only words in -o", append(base, "-o", "batch-fetch,no-require-sigs,debug", "/mnt"), func(c *mountConfig) bool {
-			return c.BatchFetch && c.NoRequireSigs && c.Debug
+			return c.rangeFetch() == "car" && c.NoRequireSigs && c.Debug
 		}, ""},
 		{"require-sigs undoes", append(base, "-o", "no-require-sigs,require-sigs", "/mnt"), func(c *mountConfig) bool { return !c.NoRequireSigs }, ""},
 		{"-o option is not an option", append(base, "-o", "option=debug", "/mnt"), nil, `unknown mount option "option"`},

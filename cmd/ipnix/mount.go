@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	blocks "github.com/ipfs/go-block-format"
 	"github.com/spf13/pflag"
 
 	"github.com/ipnix/ipnix/fetch"
@@ -52,6 +51,7 @@ type mountConfig struct {
 	CacheSize          int64
 	Readahead          int64
 	BatchFetch         bool
+	RangeFetch         string
 	NoPassthrough      bool
 	NoRequireSigs      bool
 	RequireCidSig      bool
@@ -104,7 +104,9 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
-	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
+	fs.StringVar(&c.RangeFetch, "range-fetch", "bytes", "how read-ahead fetches runs of blocks from the first gateway: bytes (one ranged GET of the file's bytes, cut at the leaf boundaries and each leaf checked against its CID; raw leaves only), car (one trustless CAR stream), off (a request per block)")
+	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "same as --range-fetch car")
+	fs.MarkDeprecated("batch-fetch", "use --range-fetch car")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key (without it such paths are fetched whole and checked against NarHash before anything of them is served)")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaultReadTimeout, "longest time one read or lookup may take, whatever the DAG depth, sources and retries, before it fails with EIO")
@@ -147,6 +149,14 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	return c, nil
 }
 
+// rangeFetch is the --range-fetch mode, --batch-fetch counting as car.
+func (c *mountConfig) rangeFetch() string {
+	if c.BatchFetch {
+		return "car"
+	}
+	return c.RangeFetch
+}
+
 // check refuses settings that cannot work together.
 func (c *mountConfig) check() error {
 	switch {
@@ -166,6 +176,8 @@ func (c *mountConfig) check() error {
 		return fmt.Errorf("--max-entries %d must be positive", c.MaxEntries)
 	case c.ListingMemory <= 0:
 		return fmt.Errorf("--listing-memory %d must be positive", c.ListingMemory)
+	case c.RangeFetch != "bytes" && c.RangeFetch != "car" && c.RangeFetch != "off":
+		return fmt.Errorf("--range-fetch %q: want bytes, car or off", c.RangeFetch)
 	}
 	if c.Overlay != "" && len(c.Closures) == 0 && c.ClosuresFrom == "" {
 		return errors.New("--overlay needs --closure (or --closures-from): the paths to register in the Nix database")
@@ -232,7 +244,7 @@ const mountOptionsHelp = `Mount options (-o), as in fstab:
                      trusted-public-key may repeat; ',' inside a value is not
                      supported)
   NAME               any flag above that takes no value, e.g. no-require-sigs,
-                     require-cid-sig, batch-fetch, no-passthrough,
+                     require-cid-sig, no-passthrough,
                      metrics-allow-remote, debug
   require-sigs       undoes no-require-sigs
   allow_other        let every user read the mount (needed for a /nix/store overlay)
@@ -314,7 +326,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, MemoryBytes: c.MemoryCache, BatchFetch: c.BatchFetch}, log)
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()}, log)
 	if err != nil {
 		return err
 	}
@@ -330,19 +342,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		filesDir = filepath.Join(c.CacheDir, "files")
 	}
 	fsys, err := fusefs.New(fusefs.Config{
-		FilesDir:   filesDir,
-		FilesQuota: c.CacheSize / 2,
-		Resolver:   res,
-		OnListings: onListings,
-		Blocks:     mem,
-		Evict:      st.evict,
-		Readahead:  readahead,
-		Batch:      st.batch,
-		Put: func(b blocks.Block) { // verified by FetchRange
-			fetched.Blocks.Add(1)
-			fetched.Bytes.Add(int64(len(b.RawData())))
-			mem.Put(b)
-		},
+		FilesDir:      filesDir,
+		FilesQuota:    c.CacheSize / 2,
+		Resolver:      res,
+		OnListings:    onListings,
+		Blocks:        mem,
+		Evict:         st.evict,
+		Readahead:     readahead,
+		Batch:         st.batch,
 		Log:           log,
 		ReadTimeout:   c.ReadTimeout,
 		MaxEntries:    c.MaxEntries,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/cache"
@@ -22,7 +23,7 @@ type blockFlags struct {
 	CacheDir     string
 	DiskBytes    int64 // quota of the disk block store under CacheDir
 	MemoryBytes  int64
-	BatchFetch   bool
+	RangeFetch   string // bytes, car or off (see --range-fetch)
 }
 
 // blockStack is the read path below a mount or a server: each source
@@ -32,7 +33,7 @@ type blockStack struct {
 	fetched fetch.Stats
 	mem     *cache.Memory
 	disk    *cache.Disk       // nil without --cache-dir
-	batch   fetch.RangeSource // nil without --batch-fetch
+	batch   *fetch.Batch      // nil with --range-fetch off or no gateway
 	names   []string          // the sources, in the order asked
 	top     fetch.BlockGetter // mem
 }
@@ -62,12 +63,14 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		}
 		sources = append(sources, fetch.Verify(gw, &st.fetched))
 		st.names = append(st.names, gw.String())
-		if st.batch == nil && f.BatchFetch {
-			st.batch = gw
+		if st.batch == nil {
+			if st.batch, err = st.rangeFetcher(f.RangeFetch, gw, log); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if f.BatchFetch && st.batch == nil {
-		return nil, usageError{errors.New("--batch-fetch needs a --gateway (or a local kubo gateway to discover)")}
+	if f.RangeFetch == "car" && st.batch == nil {
+		return nil, usageError{errors.New("--range-fetch car needs a --gateway (or a local kubo gateway to discover)")}
 	}
 	sources = append(sources, fetch.Verify(kubo, &st.fetched))
 	st.names = append(st.names, kubo.String())
@@ -83,7 +86,49 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		below = st.disk
 	}
 	st.mem = cache.NewMemory(below, f.MemoryBytes)
+	if st.batch != nil {
+		st.batch.Held, st.batch.Expect, st.batch.Put = st.mem.Held, st.mem.Expect, st.mem.Put
+	}
 	return st, nil
+}
+
+// rangeFetcher returns how read-ahead fetches runs of blocks from gw in
+// one request each (nil for mode off). The blocks it delivers are
+// verified (FetchBytes and FetchRange check each against its CID) and
+// counted as fetched.
+func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Logger) (*fetch.Batch, error) {
+	counted := func(put func(blocks.Block)) func(blocks.Block) {
+		return func(b blocks.Block) {
+			st.fetched.Blocks.Add(1)
+			st.fetched.Bytes.Add(int64(len(b.RawData())))
+			put(b)
+		}
+	}
+	onError := func(err error) {
+		st.fetched.Failures.Add(1)
+		if errors.Is(err, fetch.ErrHashMismatch) {
+			st.fetched.HashMismatches.Add(1)
+			log.Warn("ranged fetch refused: bytes do not match their leaf CIDs; fetching those blocks one by one", "err", err)
+			return
+		}
+		log.Debug("ranged fetch failed; fetching its blocks one by one", "err", err)
+	}
+	switch mode {
+	case "off":
+		return nil, nil
+	case "bytes", "":
+		return &fetch.Batch{OnError: onError,
+			Fetch: func(ctx context.Context, f *fetch.File, run []fetch.LeafRange, put func(blocks.Block)) (int, error) {
+				return f.FetchBytes(ctx, gw, run, counted(put))
+			}}, nil
+	case "car":
+		return &fetch.Batch{OnError: onError,
+			Fetch: func(ctx context.Context, f *fetch.File, run []fetch.LeafRange, put func(blocks.Block)) (int, error) {
+				last := run[len(run)-1]
+				return f.FetchRange(ctx, gw, run[0].Start, last.Start+last.Size, counted(put))
+			}}, nil
+	}
+	return nil, usageError{fmt.Errorf("--range-fetch %q: want bytes, car or off", mode)}
 }
 
 // evict drops a block from every cache.
