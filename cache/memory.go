@@ -33,7 +33,13 @@ type Memory struct {
 
 	inflight singleflight.Group
 	pending  map[string]*expected // blocks on their way (see Expect), under mu
+	demand   atomic.Int64         // readers (not background work) waiting for a fetch
 }
+
+// Demand is the number of readers waiting now for a block to be fetched
+// (read-ahead and other background work not counted): background work
+// yields while it is not zero.
+func (m *Memory) Demand() int64 { return m.demand.Load() }
 
 // NewMemory returns a cache of at most maxBytes of block data in front of src.
 // A maxBytes of zero or less disables caching but still merges concurrent
@@ -61,6 +67,10 @@ func (m *Memory) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) 
 		return blocks.NewBlockWithCid(data, c)
 	}
 	m.Stats.Misses.Add(1)
+	if !fetch.IsBackground(ctx) {
+		m.demand.Add(1)
+		defer m.demand.Add(-1)
+	}
 	return fetchShared(ctx, &m.inflight, m.src, key, c, m.add)
 }
 

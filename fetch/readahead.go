@@ -46,7 +46,7 @@ type prefetchJob struct {
 // NewPrefetcher starts workers fetching through bg with a queue of queue
 // jobs.
 func NewPrefetcher(bg BlockGetter, workers, queue int) *Prefetcher {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(Background(context.Background()))
 	p := &Prefetcher{bg: bg, ctx: ctx, cancel: cancel, jobs: make(chan prefetchJob, queue)}
 	for range workers {
 		p.wg.Go(p.work)
@@ -108,15 +108,27 @@ func (p *Prefetcher) work() {
 // under the prefetcher's context) and queues them: runs of several
 // leaves as one job each when batching, the others a job per leaf.
 func (p *Prefetcher) split(j prefetchJob) {
-	leaves, err := j.f.Leaves(p.ctx, j.off, j.end)
+	jobs, err := p.plan(p.ctx, j)
 	if err != nil {
 		p.Stats.Errors.Add(1)
 		return
+	}
+	for _, job := range jobs {
+		p.enqueue(job)
+	}
+}
+
+// plan turns a byte range into the jobs that fetch what of it is not held.
+func (p *Prefetcher) plan(ctx context.Context, j prefetchJob) ([]prefetchJob, error) {
+	leaves, err := j.f.Leaves(ctx, j.off, j.end)
+	if err != nil {
+		return nil, err
 	}
 	var held func(cid.Cid) bool
 	if p.batch != nil {
 		held = p.batch.Held
 	}
+	var jobs []prefetchJob
 	batched := map[int64]bool{} // leaf starts queued in a run
 	if p.batch != nil {
 		for _, run := range Runs(leaves, held) {
@@ -126,21 +138,54 @@ func (p *Prefetcher) split(j prefetchJob) {
 			for _, l := range run {
 				batched[l.Start] = true
 			}
-			p.enqueue(prefetchJob{f: j.f, run: run, stop: j.stop})
+			jobs = append(jobs, prefetchJob{f: j.f, run: run, stop: j.stop})
 		}
 	}
 	for _, l := range leaves {
 		if l.data != nil || batched[l.Start] || (held != nil && held(l.Cid)) {
 			continue
 		}
-		p.enqueue(prefetchJob{f: j.f, leaf: l, stop: j.stop})
+		jobs = append(jobs, prefetchJob{f: j.f, leaf: l, stop: j.stop})
 	}
+	return jobs, nil
+}
+
+// FetchNow fetches the blocks holding bytes [off, end) of f that are not
+// held, in the caller's goroutine and under ctx, as read-ahead would
+// (runs in one request each when batching). It is for background work
+// that paces itself; the error is the first fetch that failed.
+func (p *Prefetcher) FetchNow(ctx context.Context, f *File, off, end int64) error {
+	ctx = Background(ctx)
+	jobs, err := p.plan(ctx, prefetchJob{f: f, off: off, end: min(end, f.Size())})
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if len(j.run) > 0 {
+			if err := p.fetchRunCtx(ctx, j); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := p.bg.GetBlock(ctx, j.leaf.Cid); err != nil {
+			return err
+		}
+		p.Stats.Blocks.Add(1)
+	}
+	return nil
 }
 
 // fetchRun fetches one run of leaves in one request. Readers asking for
 // its blocks meanwhile wait for them (Batch.Expect); what does not arrive
 // is queued again a block at a time.
-func (p *Prefetcher) fetchRun(j prefetchJob) {
+func (p *Prefetcher) fetchRun(j prefetchJob) { p.fetchRunCtx(p.ctx, j) }
+
+// fetchRunCtx is fetchRun under ctx; it returns the run's error (its
+// blocks that did not arrive are queued a block at a time).
+func (p *Prefetcher) fetchRunCtx(ctx context.Context, j prefetchJob) error {
 	b := p.batch
 	deliver := make(map[string]func(blocks.Block), len(j.run))
 	run := j.run
@@ -154,7 +199,7 @@ func (p *Prefetcher) fetchRun(j prefetchJob) {
 		}
 		var err error
 		for _, sub := range Runs(run, func(c cid.Cid) bool { return deliver[c.KeyString()] == nil }) {
-			if err = p.fetchRunPart(j, sub, deliver); err != nil {
+			if err = p.fetchRunPart(ctx, j, sub, deliver); err != nil {
 				break
 			}
 		}
@@ -162,17 +207,18 @@ func (p *Prefetcher) fetchRun(j prefetchJob) {
 			d(nil)
 		}
 		p.afterRun(j, err, deliver)
-		return
+		return err
 	}
-	err := p.fetchRunPart(j, run, deliver)
+	err := p.fetchRunPart(ctx, j, run, deliver)
 	p.afterRun(j, err, nil)
+	return err
 }
 
 // fetchRunPart fetches run in one request, handing each block to the
 // reader waiting for it (deliver, which loses the entry) or to Put.
-func (p *Prefetcher) fetchRunPart(j prefetchJob, run []LeafRange, deliver map[string]func(blocks.Block)) error {
+func (p *Prefetcher) fetchRunPart(ctx context.Context, j prefetchJob, run []LeafRange, deliver map[string]func(blocks.Block)) error {
 	b := p.batch
-	_, err := b.Fetch(p.ctx, j.f, run, func(blk blocks.Block) {
+	_, err := b.Fetch(ctx, j.f, run, func(blk blocks.Block) {
 		k := blk.Cid().KeyString()
 		if d := deliver[k]; d != nil {
 			d(blk)
@@ -299,4 +345,18 @@ func (r *Readahead) Observe(off, n, size int64) (from, to int64) {
 		r.ahead = to
 	}
 	return from, to
+}
+
+type backgroundKey struct{}
+
+// Background marks ctx as background work (read-ahead, prefetch): a cache
+// can then tell readers waiting for a block from work that can wait.
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+// IsBackground reports whether ctx was marked by Background.
+func IsBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
 }

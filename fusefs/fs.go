@@ -62,7 +62,15 @@ type Config struct {
 	// OnListings, if set, is told the estimated memory of the listings
 	// held whenever it changes (cmd/ipnix sets the GC limit from it).
 	OnListings func(bytes int64)
-	Log        *slog.Logger
+	// WalkAhead is how far ahead of a reader walking a store path in NAR
+	// order the rest of the path is fetched in the background (see
+	// background.go): default 32 MiB; math.MaxInt64 for the whole path (a
+	// disk cache holds the blocks); negative disables.
+	WalkAhead int64
+	// Demand, if set, tells how many readers wait now for blocks not on
+	// their way (cache.Memory.Demand): background fetch yields to them.
+	Demand func() int64
+	Log    *slog.Logger
 }
 
 // Defaults for Config.
@@ -91,6 +99,8 @@ type Stats struct {
 	LocalCopiesChecked  atomic.Int64 // directories of local copies from an earlier run found intact
 	LocalCopiesDropped  atomic.Int64 // directories of local copies dropped because a check failed
 	ListingsDropped     atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
+	Reads               atomic.Int64 // READ requests answered
+	ReadNanos           atomic.Int64 // time READ requests spent getting their bytes (fetch, wait, copy)
 }
 
 // FS is the state of one mount: every node points to it.
@@ -101,6 +111,13 @@ type FS struct {
 	prefetch *fetch.Prefetcher // nil when read-ahead is off
 	files    *files            // nil when passthrough is off
 	Stats    Stats
+	Walks    WalkStats
+
+	// Background work (walks) runs under bgCtx, cancelled by Close.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+	walkers  chan struct{} // one token per walk running
 
 	mu    sync.Mutex
 	paths map[string]*storePath // accepted store paths by basename
@@ -163,6 +180,11 @@ func New(cfg Config) (*FS, error) {
 		rejected: expirable.NewLRU[string, error](1<<14, nil, rejectedTTL), idleFor: idleFor,
 		ahead: integrity.NewBudget(integrity.DefaultAheadBytes)}
 	f.root = &rootNode{fsys: f}
+	if cfg.WalkAhead == 0 {
+		f.cfg.WalkAhead = defaultWalkAhead
+	}
+	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())
+	f.walkers = make(chan struct{}, maxWalkers)
 	if cfg.FilesDir != "" {
 		fl, err := openFiles(cfg.FilesDir, cfg.FilesQuota, log, &f.Stats)
 		if err != nil {
@@ -182,6 +204,8 @@ func New(cfg Config) (*FS, error) {
 // Close stops background work (read-ahead; local copies being written get
 // a few seconds to finish). Call it after unmounting.
 func (f *FS) Close() {
+	f.bgCancel()
+	f.bg.Wait()
 	if f.prefetch != nil {
 		f.prefetch.Close()
 	}

@@ -374,10 +374,14 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	// One bound for the whole read, whatever the DAG depth and sources.
 	ctx, cancel := context.WithTimeout(ctx, sp.fs.cfg.ReadTimeout)
 	defer cancel()
+	start := time.Now()
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)
+	sp.fs.Stats.Reads.Add(1)
+	sp.fs.Stats.ReadNanos.Add(int64(time.Since(start)))
 	if err != nil && n < int(end-off) {
 		return nil, sp.fs.readErrno(sp, err)
 	}
+	sp.noteWalk(f.ln, f.ln.NarOffset+off, f.ln.NarOffset+end)
 	if sp.chk.NoteRead(f.ln, off, end) {
 		// The last unread bytes of the store path: check the whole NAR
 		// before serving them.

@@ -40,6 +40,7 @@ type storePath struct {
 	// narRA spots readers that walk the store path in NAR order (tar, cp
 	// -r, nix hash path, find -exec cat) and reads ahead across files.
 	narRA *fetch.Readahead
+	walk  walk // readers walking the path in NAR order (background.go)
 
 	// copiesKey names the local copies' directory: the NarHash in nix32.
 	copiesKey string
@@ -178,6 +179,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	sp := &storePath{fs: f, base: base, info: info, cid: c, nar: nar,
 		chk:       integrity.New(info.NarHash, nar.Size(), f.cfg.MaxEntries, f.ahead),
 		copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
+	sp.walk.moved = make(chan struct{}, 1)
 	nar.SetLeafHook(sp.chk.OnLeaf)
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)

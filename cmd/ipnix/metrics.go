@@ -58,6 +58,13 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_listings_dropped_total", "Listings of idle store paths dropped to stay under --listing-memory.", "counter", m.fs.Stats.ListingsDropped.Load())
 	line("ipnix_listing_bytes", "Estimated memory of the listings held.", "gauge", m.fs.ListingBytes())
 	line("ipnix_passthrough_opens_total", "Opens offered a local verified copy for FUSE passthrough.", "counter", m.fs.Stats.Passthrough.Load())
+	line("ipnix_background_walks_total", "Store paths walked in NAR order whose rest was fetched in the background.", "counter", m.fs.Walks.Started.Load())
+	line("ipnix_background_bytes_total", "Bytes of NAR the background fetch went through.", "counter", m.fs.Walks.Bytes.Load())
+	line("ipnix_background_yields_total", "Times the background fetch waited for readers before a request.", "counter", m.fs.Walks.Yields.Load())
+	line("ipnix_background_stopped_total", "Background fetches stopped before the end (quarantine, unmount, idle reader, failure).", "counter", m.fs.Walks.Stopped.Load())
+	line("ipnix_reads_total", "READ requests answered by ipnix (reads the kernel answered from its cache or a passthrough file never arrive).", "counter", m.fs.Stats.Reads.Load())
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %.6f\n", "ipnix_read_seconds_total", "Time READ requests spent getting their bytes: fetching, waiting for blocks on their way, copying.",
+		"ipnix_read_seconds_total", "ipnix_read_seconds_total", float64(m.fs.Stats.ReadNanos.Load())/1e9)
 	line("ipnix_passthrough_fallback_reads_total", "Reads that reached ipnix on handles offered for passthrough.", "counter", m.fs.Stats.PassthroughFellBack.Load())
 	line("ipnix_store_paths_quarantined_total", "Store paths whose NAR did not match NarHash.", "counter", m.fs.Stats.Quarantined.Load())
 }

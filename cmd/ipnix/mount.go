@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -52,6 +53,7 @@ type mountConfig struct {
 	Readahead          int64
 	BatchFetch         bool
 	RangeFetch         string
+	BackgroundFetch    bool
 	NoPassthrough      bool
 	NoRequireSigs      bool
 	RequireCidSig      bool
@@ -104,6 +106,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
+	fs.BoolVar(&c.BackgroundFetch, "background-fetch", true, "when a reader walks a store path file after file in NAR order (find, tar, cp -r, nix hash path), fetch the rest of it in the background ahead of the reader: up to half the memory cache ahead, or the whole path with a disk block cache")
 	fs.StringVar(&c.RangeFetch, "range-fetch", "bytes", "how read-ahead fetches runs of blocks from the first gateway: bytes (one ranged GET of the file's bytes, cut at the leaf boundaries and each leaf checked against its CID; raw leaves only), car (one trustless CAR stream), off (a request per block)")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "same as --range-fetch car")
 	fs.MarkDeprecated("batch-fetch", "use --range-fetch car")
@@ -147,6 +150,19 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 		return nil, usageError{err}
 	}
 	return c, nil
+}
+
+// walkAhead is how far ahead of a reader walking a store path the rest
+// of it is fetched: the blocks must still be held when the reader gets
+// there, in half the memory cache, or on disk.
+func walkAhead(c *mountConfig, st *blockStack) int64 {
+	switch {
+	case !c.BackgroundFetch || c.Readahead == 0:
+		return -1
+	case st.disk != nil:
+		return math.MaxInt64
+	}
+	return max(c.MemoryCache/2, 8<<20)
 }
 
 // rangeFetch is the --range-fetch mode, --batch-fetch counting as car.

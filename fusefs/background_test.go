@@ -1,0 +1,178 @@
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// walkTree is 48 small files, then a large one at the end of the NAR.
+func walkTree() fstest.MapFS {
+	tree := fstest.MapFS{"z-big": {Data: pattern(12<<20, 9), Mode: 0o444}}
+	for i := range 48 {
+		tree[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: pattern(6000+i, byte(i)), Mode: 0o444}
+	}
+	return tree
+}
+
+// leavesOf returns the leaf CIDs of bytes [off, end) of base's NAR.
+func leavesOf(t *testing.T, e *env, base string, off, end int64) []cid.Cid {
+	t.Helper()
+	nf, err := fetch.OpenFile(context.Background(), e.store, mustCid(t, e, base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves, err := nf.Leaves(context.Background(), off, end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []cid.Cid
+	for _, l := range leaves {
+		out = append(out, l.Cid)
+	}
+	return out
+}
+
+func readFiles(t *testing.T, root string, names ...string) {
+	t.Helper()
+	tree := walkTree()
+	for _, n := range names {
+		got, err := os.ReadFile(filepath.Join(root, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, tree[n].Data) {
+			t.Fatalf("%s: wrong bytes", n)
+		}
+	}
+}
+
+func fileNames(from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("f%03d", i))
+	}
+	return out
+}
+
+// Files read one after the other in NAR order make a walk: the rest of
+// the path (here a 12 MiB file nobody read) is fetched in the background.
+// A random pick of as many files is no walk and fetches nothing more.
+func TestBackgroundFetchOfWalk(t *testing.T) {
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64})
+	tree := walkTree()
+	nar, ls := makeNar(t, tree)
+	l, _ := narindex.ParseListing(ls)
+	big, _ := l.Lookup("z-big")
+	// Past its first 1 MiB: the leaf where the small files end holds the
+	// start of the large file.
+	bigLeaves := leavesOf(t, e, e.add(t, "walk", nar, nar, ls), big.NarOffset+1<<20, big.NarOffset+big.Size)
+	base := testHash + "-walk"
+	root := filepath.Join(e.dir, base)
+
+	// Backwards, in another store path of the same NAR: no walk, no
+	// read-ahead.
+	var names []string
+	for i := 47; i >= 0; i-- {
+		names = append(names, fmt.Sprintf("f%03d", i))
+	}
+	readFiles(t, filepath.Join(e.dir, e.add(t, "pick", nar, nar, ls)), names...)
+	time.Sleep(50 * time.Millisecond)
+	if n := e.fsys.Walks.Started.Load(); n != 0 {
+		t.Fatalf("a random pick of files started %d walks", n)
+	}
+	for _, c := range bigLeaves {
+		if e.mem.Contains(c) {
+			t.Fatal("a random pick of files fetched the large file")
+		}
+	}
+
+	// In NAR order: a walk.
+	readFiles(t, root, fileNames(0, walkFiles+2)...)
+	e.fsys.mu.Lock()
+	sp := e.fsys.paths[base]
+	e.fsys.mu.Unlock()
+	waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+	waitFor(t, "the large file fetched ahead of the reader", func() bool {
+		for _, c := range bigLeaves {
+			if !e.mem.Contains(c) {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "the walk to end", func() bool { return sp.walk.done.Load() })
+	if e.fsys.Walks.Stopped.Load() != 0 {
+		t.Fatal("walk counted as stopped")
+	}
+	// Reading on does not start it again, and the bytes are right.
+	readFiles(t, root, fileNames(walkFiles+2, 48)...)
+	readFiles(t, root, "z-big")
+	if n := e.fsys.Walks.Started.Load(); n != 1 {
+		t.Fatalf("%d walks", n)
+	}
+}
+
+// A walk stops when its store path is quarantined and when the mount
+// closes, and waits while readers wait for blocks.
+func TestBackgroundFetchStopsAndYields(t *testing.T) {
+	var demand atomic.Int64
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Demand: demand.Load})
+	tree := walkTree()
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "walk", nar, nar, ls)
+	root := filepath.Join(e.dir, base)
+
+	// Slow blocks, so that the walk is still running when it is stopped.
+	var slow atomic.Bool
+	e.store.SetDelay(func(cid.Cid) {
+		if slow.Load() {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	slow.Store(true)
+	demand.Store(1) // a reader waits: the walk holds back
+	readFiles(t, root, fileNames(0, walkFiles+2)...)
+	waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+	waitFor(t, "the walk to yield", func() bool { return e.fsys.Walks.Yields.Load() >= 3 })
+	demand.Store(0)
+	e.fsys.mu.Lock()
+	sp := e.fsys.paths[base]
+	e.fsys.mu.Unlock()
+	waitFor(t, "the walk to fetch", func() bool { return e.fsys.Walks.Bytes.Load() > 0 || e.store.Gets.Load() > 0 })
+
+	sp.chk.Quarantine()
+	waitFor(t, "the walk to stop on quarantine", func() bool { return e.fsys.Walks.Stopped.Load() == 1 && !sp.walk.on.Load() })
+	gets := e.store.Gets.Load()
+	time.Sleep(100 * time.Millisecond)
+	if n := e.store.Gets.Load() - gets; n > 1 {
+		t.Fatalf("%d blocks fetched after the walk stopped", n)
+	}
+	if sp.walk.done.Load() {
+		t.Fatal("a stopped walk counted as done")
+	}
+
+	// A second path, walked, then the mount closes under it.
+	base2 := e.add(t, "walk2", nar, nar, ls)
+	readFiles(t, filepath.Join(e.dir, base2), fileNames(0, walkFiles+2)...)
+	waitFor(t, "a second walk", func() bool { return e.fsys.Walks.Started.Load() == 2 })
+	start := time.Now()
+	e.fsys.bgCancel()
+	e.fsys.bg.Wait()
+	if e.fsys.Walks.Stopped.Load() != 2 {
+		t.Fatalf("walk not stopped by close (stopped %d)", e.fsys.Walks.Stopped.Load())
+	}
+	t.Logf("walk stopped %v after close", time.Since(start))
+}
