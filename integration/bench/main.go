@@ -207,7 +207,7 @@ func (b *bench) setup(parent string, allowTmpfs bool, bigSize int64) error {
 		return err
 	}
 	b.m.locate("native store", "/nix/store")
-	b.m.locate("kubo repository, NAR files, --cache-dir", b.work)
+	b.m.locate("NAR files, --cache-dir", b.work)
 	if b.ipnix, err = runenv.BuildIpnix(b.work); err != nil {
 		return err
 	}
@@ -221,6 +221,7 @@ func (b *bench) setup(parent string, allowTmpfs bool, bigSize int64) error {
 	if b.kubo, err = runenv.StartKubo(b.kuboBin, filepath.Join(b.work, "ipfs")); err != nil {
 		return err
 	}
+	b.m.locate("kubo repository", b.kubo.Path)
 	b.logf("building the corpus with Nix")
 	if err := b.corpus(bigSize); err != nil {
 		return err
@@ -412,13 +413,24 @@ func inMount(m *runenv.Mount, storePath string) string {
 }
 
 func (b *bench) narCid(storePath string) (string, int64, error) {
+	cid, size, _, err := b.narInfo(storePath)
+	return cid, size, err
+}
+
+// narFile is the NAR file of storePath in the benchmark's binary cache.
+func (b *bench) narFile(storePath string) (string, error) {
+	_, _, url, err := b.narInfo(storePath)
+	return filepath.Join(b.cache, url), err
+}
+
+// narInfo reads IpfsCid, NarSize and URL from storePath's narinfo in the
+// benchmark's binary cache.
+func (b *bench) narInfo(storePath string) (cid string, size int64, url string, err error) {
 	hash := strings.SplitN(filepath.Base(storePath), "-", 2)[0]
 	data, err := os.ReadFile(filepath.Join(b.cache, hash+".narinfo"))
 	if err != nil {
-		return "", 0, err
+		return "", 0, "", err
 	}
-	var cid string
-	var size int64
 	for _, line := range strings.Split(string(data), "\n") {
 		if v, ok := strings.CutPrefix(line, "IpfsCid: "); ok {
 			cid = v
@@ -426,11 +438,14 @@ func (b *bench) narCid(storePath string) (string, int64, error) {
 		if v, ok := strings.CutPrefix(line, "NarSize: "); ok {
 			fmt.Sscan(v, &size)
 		}
+		if v, ok := strings.CutPrefix(line, "URL: "); ok {
+			url = v
+		}
 	}
-	if cid == "" || size == 0 {
-		return "", 0, fmt.Errorf("%s.narinfo: no IpfsCid or NarSize", hash)
+	if cid == "" || size == 0 || url == "" || strings.Contains(url, "..") {
+		return "", 0, "", fmt.Errorf("%s.narinfo: no IpfsCid, NarSize or URL (or a URL leaving the cache)", hash)
 	}
-	return cid, size, nil
+	return cid, size, url, nil
 }
 
 // gatewayFetch streams /ipfs/<cid> from gateway into w, over client (nil:

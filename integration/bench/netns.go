@@ -25,6 +25,8 @@ const (
 	linkRate  = "500mbit"
 	linkBits  = 500e6 // bits per second, for the transfer-time floor
 	linkShape = "tbf rate " + linkRate + " burst 256kb latency 50ms"
+
+	idealLabel = "native cold + floor at link rate"
 )
 
 // netns is a private network namespace holding a rate-limited loopback.
@@ -136,16 +138,22 @@ func (b *bench) b10Remote() error {
 		Baseline: &figure{Label: "with --readahead 0 (block floor)", Unit: "B"}, RatioOf: "fetched/floor", Target: "≤ 1.1×",
 		meets: func(r *row) bool { return r.Ratio <= 1.1 }})
 	ideal := func(r *row) string {
-		return fmt.Sprintf("ipnix/ideal %.2f× (ideal: native cold time + the floor's bytes at %s)",
-			r.Ipnix.Median/r.extraMedian("ideal"), linkRate)
+		return fmt.Sprintf("ipnix against native cold + the floor's transfer time at %s: %.2f× (an additive reference: overlapping the two can beat it)",
+			linkRate, r.Ipnix.Median/r.extraMedian(idealLabel))
 	}
 	t3.post, t4.post = ideal, ideal
+	// blocked says, in the rows, why the namespace or its shaping could
+	// not be had here; the benchmark goes on with the other cases.
 	blocked := func(err error) error {
 		b.logf("B10 blocked: %v", err)
-		for _, r := range []*row{t3, f3, t4, f4} {
+		for i, r := range []*row{t3, f3, t4, f4} {
 			r.Baseline, r.meets, r.post = nil, nil, nil
-			r.Ipnix.Rounds = nil
-			r.note("blocked: " + firstLine(err.Error()))
+			r.Ipnix.Rounds, r.Note = nil, ""
+			if i == 0 {
+				r.note("blocked: " + firstLine(err.Error()))
+			} else {
+				r.note("blocked (see above)")
+			}
 		}
 		return nil
 	}
@@ -163,7 +171,11 @@ func (b *bench) b10Remote() error {
 			if err != nil {
 				return err
 			}
-			f, err := os.Open(filepath.Join(b.cache, "nar", strings.SplitN(filepath.Base(p), "-", 2)[0]+".nar"))
+			nar, err := b.narFile(p)
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(nar)
 			if err != nil {
 				return err
 			}
@@ -179,7 +191,7 @@ func (b *bench) b10Remote() error {
 		return nil
 	})
 	if err != nil {
-		return blocked(fmt.Errorf("kubo in the network namespace: %w", err))
+		return fmt.Errorf("kubo in the network namespace: %w", err)
 	}
 	defer k.Stop()
 	if err := ns.shape(); err != nil {
@@ -260,7 +272,7 @@ func (b *bench) b10Remote() error {
 				d, n, err := fetchedBy(b.goVersion)
 				t4.ipnix(d.Seconds())
 				f4.ipnix(float64(n))
-				f4.extra("fetched % of NAR", "%", 100*float64(n)/float64(goNar))
+				f4.extra("fetched, share of the NAR", "%", 100*float64(n)/float64(goNar))
 				return err
 			},
 			func() error {
@@ -280,9 +292,9 @@ func (b *bench) b10Remote() error {
 			return err
 		}
 		t3.extra("native cold", "s", native3.Seconds())
-		t3.extra("ideal", "s", native3.Seconds()+transfer(float64(floor3)))
+		t3.extra(idealLabel, "s", native3.Seconds()+transfer(float64(floor3)))
 		t4.extra("native cold", "s", native4.Seconds())
-		t4.extra("ideal", "s", native4.Seconds()+transfer(float64(floor4)))
+		t4.extra(idealLabel, "s", native4.Seconds()+transfer(float64(floor4)))
 		return nil
 	})
 }

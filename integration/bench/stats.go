@@ -177,7 +177,7 @@ func (f *figure) String() string {
 // printTable writes the markdown table for the README.
 func printTable(w io.Writer, m *machine, rows []*row, rounds int) {
 	fmt.Fprintf(w, "ipnix benchmark, %s; %s\n\n", m.Date, m.header())
-	fmt.Fprintf(w, "Each figure: median (min–max) of %d rounds, ipnix and baseline alternating (order reversed every other round); ratios are of the medians; caches dropped before every cold side.\n", rounds)
+	fmt.Fprintf(w, "Each figure: median (min–max) of %d round(s), ipnix and baseline alternating (order reversed every other round); ratios are of the medians; caches dropped before every cold side.\n", rounds)
 	for _, warn := range m.Warnings {
 		fmt.Fprintf(w, "\n**WARNING: %s**\n", warn)
 	}
