@@ -467,5 +467,3 @@ func (b *bench) b7Publish() error {
 			})
 	})
 }
-
-func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
