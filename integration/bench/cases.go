@@ -3,11 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -15,127 +16,95 @@ import (
 	"github.com/ipnix/ipnix/integration/runenv"
 )
 
-// B7: publish throughput against `ipfs add` of the same NARs (into a second,
-// fresh kubo so neither run finds the blocks already stored).
-func (b *bench) b7Publish(kuboBin string) error {
-	b.cache = filepath.Join(b.work, "cache")
-	sec, pubFile := filepath.Join(b.work, "sec"), filepath.Join(b.work, "pub")
-	if _, err := output("nix-store", "--generate-binary-cache-key", "ipnix-bench-1", sec, pubFile); err != nil {
-		return err
-	}
-	pub, err := os.ReadFile(pubFile)
-	if err != nil {
-		return err
-	}
-	b.pub = strings.TrimSpace(string(pub))
-	b.logf("B7: publishing")
-	dropCaches() // both sides read their input from disk
-	d, err := timed(b.ipnix, "publish", "--api", b.kubo.API, "--to", b.cache, "--secret-key", sec, "--no-closure", b.big, b.gopath)
-	if err != nil {
-		return err
-	}
-	var narBytes int64
-	var nars []string
-	cids := map[string]bool{}
-	for _, p := range []string{b.big, b.gopath} {
-		cid, size, err := b.narCid(p)
-		if err != nil {
-			return err
-		}
-		narBytes += size
-		cids[cid] = true
-	}
-	nars, _ = filepath.Glob(filepath.Join(b.cache, "nar", "*.nar"))
-	k2, err := runenv.StartKubo(kuboBin, filepath.Join(b.work, "ipfs2"))
-	if err != nil {
-		return err
-	}
-	defer k2.Stop()
-	var addTime time.Duration
-	for _, nar := range nars {
-		f, err := os.Open(nar)
-		if err != nil {
-			return err
-		}
-		dropCaches()
-		start := time.Now()
-		cid, err := k2.Run(f, "add", "-Q", "--cid-version=1", "--raw-leaves", "--chunker=size-262144")
-		addTime += time.Since(start)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		if !cids[cid] {
-			return fmt.Errorf("ipfs add of %s gives %s, which no narinfo carries: publish's encoding differs", nar, cid)
-		}
-	}
-	r := mbps(narBytes, d) / mbps(narBytes, addTime)
-	b.add(result{ID: "B7", What: "publish throughput (" + humanize.IBytes(uint64(narBytes)) + " of NAR)",
-		Ipnix: fmt.Sprintf("%.0f MiB/s", mbps(narBytes, d)), Baseline: fmt.Sprintf("ipfs add %.0f MiB/s", mbps(narBytes, addTime)),
-		Ratio: r, RatioOf: "ipnix/ipfs add throughput", Target: "≥ 0.8×", Met: boolp(r >= 0.8),
-		Note: "publish also hashes, writes the NAR file and the listing; CIDs equal ipfs add's"})
-	return nil
+// coldCat drops the caches and times reading file to the end.
+func coldCat(file string) (time.Duration, error) {
+	dropCaches()
+	return shell("cat '" + file + "' > /dev/null")
 }
 
-// B1: cold sequential read of the large file.
+// coldMountRead times a cold read of the large file through a fresh mount
+// with the given flags.
+func (b *bench) coldMountRead(extra ...string) (time.Duration, error) {
+	m, err := b.mount(extra...)
+	if err != nil {
+		return 0, err
+	}
+	defer b.stopMount(m)
+	return coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
+}
+
+// B1: cold sequential read of the large file, without and with
+// --cache-dir, against kubo's gateway streaming the same NAR and against
+// kubo's own FUSE mount.
 func (b *bench) b1Cold() error {
 	cid, narSize, err := b.narCid(b.big)
 	if err != nil {
 		return err
 	}
-	rel := filepath.Join(filepath.Base(b.big), "big.bin")
-	fi, err := os.Stat(filepath.Join(b.big, "big.bin"))
-	if err != nil {
-		return err
-	}
-	size := fi.Size()
-
-	m, err := b.mount(b.diskCacheArgs()...)
-	if err != nil {
-		return err
-	}
-	dropCaches()
-	dIpnix, err := shell("cat " + filepath.Join(m.Dir, rel) + " > /dev/null")
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-
-	dropCaches()
-	start := time.Now()
-	if _, err := b.gatewayFetch(cid, io.Discard); err != nil {
-		return err
-	}
-	dGateway := time.Since(start)
-
-	dropCaches()
-	dNative, err := shell("cat " + filepath.Join(b.big, "big.bin") + " > /dev/null")
-	if err != nil {
-		return err
-	}
-	b.nativeCold = dNative
-
-	ipnixRate := mbps(size, dIpnix)
-	r := ipnixRate / mbps(narSize, dGateway)
-	b.add(result{ID: "B1", What: "cold sequential read, " + humanize.IBytes(uint64(size)) + " file",
-		Ipnix: fmt.Sprintf("%.0f MiB/s", ipnixRate), Baseline: fmt.Sprintf("kubo gateway stream %.0f MiB/s", mbps(narSize, dGateway)),
-		Ratio: r, RatioOf: "ipnix/gateway throughput", Target: "≥ 1.0×", Met: boolp(r >= 1.0),
-		Note: fmt.Sprintf("native cold read %.0f MiB/s", mbps(size, dNative))})
-
-	dFuse, ferr := b.kuboFuseRead(cid)
-	if ferr != nil {
-		b.add(result{ID: "B1", What: "cold sequential read vs kubo's FUSE mount", Ipnix: fmt.Sprintf("%.0f MiB/s", ipnixRate),
-			Baseline: "unavailable", RatioOf: "ipnix/kubo FUSE throughput", Target: "≥ 8×", Note: "ipfs mount failed: " + firstLine(ferr.Error())})
-	} else {
-		r := ipnixRate / mbps(narSize, dFuse)
-		b.add(result{ID: "B1", What: "cold sequential read vs kubo's FUSE mount", Ipnix: fmt.Sprintf("%.0f MiB/s", ipnixRate),
-			Baseline: fmt.Sprintf("ipfs mount %.0f MiB/s", mbps(narSize, dFuse)), Ratio: r, RatioOf: "ipnix/kubo FUSE throughput",
-			Target: "≥ 8×", Met: boolp(r >= 8)})
-	}
-	return nil
+	size := b.bigSize
+	what := "cold sequential read, " + humanize.IBytes(uint64(size)) + " file"
+	gw := func() *figure { return &figure{Label: "kubo gateway stream", Unit: "MiB/s"} }
+	plain := b.newRow(row{ID: "B1", What: what, Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
+		RatioOf: "ipnix/gateway throughput", Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	withDir := b.newRow(row{ID: "B1", What: what + ", with --cache-dir", Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
+		RatioOf: "ipnix/gateway throughput", Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	fuse := b.newRow(row{ID: "B1", What: "cold sequential read vs kubo's FUSE mount", Ipnix: figure{Unit: "MiB/s"},
+		Baseline: &figure{Label: "ipfs mount", Unit: "MiB/s"}, RatioOf: "ipnix/kubo FUSE throughput", Target: "≥ 8×",
+		meets: func(r *row) bool { return r.Ratio >= 8 }})
+	var fuseErr error
+	return b.eachRound("B1", func(i int) error {
+		return alternate(i,
+			func() error {
+				d, err := b.coldMountRead()
+				plain.ipnix(mbps(size, d))
+				fuse.ipnix(mbps(size, d))
+				return err
+			},
+			func() error {
+				args, done, err := b.cacheDir()
+				if err != nil {
+					return err
+				}
+				defer done()
+				d, err := b.coldMountRead(args...)
+				withDir.ipnix(mbps(size, d))
+				return err
+			},
+			func() error {
+				dropCaches()
+				start := time.Now()
+				if _, err := gatewayFetch(nil, b.kubo.Gateway, cid, io.Discard); err != nil {
+					return err
+				}
+				r := mbps(narSize, time.Since(start))
+				plain.base(r)
+				withDir.base(r)
+				return nil
+			},
+			func() error {
+				d, err := coldCat(b.bigFile)
+				plain.extra("native cold read", "MiB/s", mbps(size, d))
+				return err
+			},
+			func() error {
+				if fuseErr != nil {
+					return nil
+				}
+				d, err := b.kuboFuseRead(cid)
+				if err != nil {
+					fuseErr = err
+					fuse.Baseline = nil
+					fuse.note("ipfs mount failed: " + firstLine(err.Error()))
+					return nil
+				}
+				fuse.base(mbps(narSize, d))
+				return nil
+			})
+	})
 }
 
-// kuboFuseRead reads /ipfs/<cid> through kubo's own FUSE mount.
+// kuboFuseRead reads /ipfs/<cid> cold through kubo's own FUSE mount,
+// mounted for this read only.
 func (b *bench) kuboFuseRead(cid string) (time.Duration, error) {
 	ipfsDir, ipnsDir, mfsDir := filepath.Join(b.work, "kubo-ipfs"), filepath.Join(b.work, "kubo-ipns"), filepath.Join(b.work, "kubo-mfs")
 	for _, d := range []string{ipfsDir, ipnsDir, mfsDir} {
@@ -151,232 +120,350 @@ func (b *bench) kuboFuseRead(cid string) (time.Duration, error) {
 			exec.Command("fusermount", "-u", "-z", d).Run()
 		}
 	}()
-	dropCaches()
-	return shell("cat " + filepath.Join(ipfsDir, cid) + " > /dev/null")
+	return coldCat(filepath.Join(ipfsDir, cid))
 }
 
-// B2: warm re-read after a remount (disk cache warm) against native.
+// B2: re-read after a remount with --cache-dir (the local copies written
+// by a first read in the first mount) against a native cold read.
 func (b *bench) b2Warm() error {
-	args := b.diskCacheArgs()
-	rel := filepath.Join(filepath.Base(b.big), "big.bin")
-	fi, _ := os.Stat(filepath.Join(b.big, "big.bin"))
-	m, err := b.mount(args...)
-	if err != nil {
-		return err
-	}
-	_, err = shell("cat " + filepath.Join(m.Dir, rel) + " > /dev/null")
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-	m, err = b.mount(args...)
-	if err != nil {
-		return err
-	}
-	dropCaches()
-	before, _ := m.Metric("ipnix_fetch_bytes_total")
-	d, err := shell("cat " + filepath.Join(m.Dir, rel) + " > /dev/null")
-	after, _ := m.Metric("ipnix_fetch_bytes_total")
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-	r := mbps(fi.Size(), d) / mbps(fi.Size(), b.nativeCold)
-	note := fmt.Sprintf("fetched %s from kubo after the remount", humanize.IBytes(uint64(after-before)))
-	if len(args) == 0 {
-		note += "; no disk cache in this build, so a remount starts cold"
-	}
-	b.add(result{ID: "B2", What: "warm re-read after remount", Ipnix: fmt.Sprintf("%.0f MiB/s", mbps(fi.Size(), d)),
-		Baseline: fmt.Sprintf("native cold %.0f MiB/s", mbps(fi.Size(), b.nativeCold)), Ratio: r,
-		RatioOf: "ipnix/native throughput", Target: "≥ 0.8×", Met: boolp(r >= 0.8), Note: note})
-	return nil
+	size := b.bigSize
+	r := b.newRow(row{ID: "B2", What: "re-read after remount, --cache-dir, page cache dropped", Ipnix: figure{Unit: "MiB/s"},
+		Baseline: &figure{Label: "native cold", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput", Target: "≥ 0.8×",
+		meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	return b.eachRound("B2", func(i int) error {
+		return alternate(i,
+			func() error {
+				args, done, err := b.cacheDir()
+				if err != nil {
+					return err
+				}
+				defer done()
+				if _, err := b.coldMountRead(args...); err != nil {
+					return err
+				}
+				m, err := b.mount(args...)
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				before, _ := m.Metric("ipnix_fetch_bytes_total")
+				d, err := coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
+				after, _ := m.Metric("ipnix_fetch_bytes_total")
+				r.ipnix(mbps(size, d))
+				r.extra("fetched after the remount", "B", float64(after-before))
+				return err
+			},
+			func() error {
+				d, err := coldCat(b.bigFile)
+				r.base(mbps(size, d))
+				return err
+			})
+	})
 }
 
-// diskCacheArgs returns the disk-cache flags when this ipnix has them.
-func (b *bench) diskCacheArgs() []string {
-	help, _ := exec.Command(b.ipnix, "mount", "--help").CombinedOutput()
-	if !strings.Contains(string(help), "--cache-dir") {
-		return nil
-	}
-	return []string{"--cache-dir", filepath.Join(b.work, "disk-cache"), "--cache-size", "2GiB"}
-}
-
-// fullSubstitution fetches a whole NAR from kubo and unpacks it with
-// nix-store --restore, as a substituter would.
-func (b *bench) fullSubstitution(storePath string) (time.Duration, error) {
+// fullSubstitution fetches a whole NAR from a kubo gateway (over client,
+// nil for the default) and unpacks it with nix-store --restore, as a
+// substituter would, from a cold page cache. It gives the time and the
+// bytes nix-store wrote to storage. Nix does not sync restored files, so
+// neither does this.
+func (b *bench) fullSubstitution(client *http.Client, gateway, storePath string) (time.Duration, int64, error) {
 	cid, _, err := b.narCid(storePath)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	dst := filepath.Join(b.work, "restored-"+fmt.Sprint(time.Now().UnixNano()))
 	defer os.RemoveAll(dst)
 	dropCaches()
 	start := time.Now()
 	cmd := exec.Command("nix-store", "--restore", dst)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	w, err := cmd.StdinPipe()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	_, ferr := b.gatewayFetch(cid, w)
+	_, ferr := gatewayFetch(client, gateway, cid, w)
 	w.Close()
 	werr := cmd.Wait()
+	d := time.Since(start)
 	if ferr != nil {
-		return 0, ferr
+		return 0, 0, ferr
 	}
 	if werr != nil {
-		return 0, werr
+		return 0, 0, fmt.Errorf("nix-store --restore: %v\n%s", werr, stderr.String())
 	}
-	exec.Command("sync").Run()
-	return time.Since(start), nil
+	var written int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		written = ru.Oublock * 512 // the kernel counts write_bytes - cancelled_write_bytes, in 512-byte units
+	}
+	return d, written, nil
 }
 
-// B3: read every file of a 10,000+ file store path, cold and warm.
+// readAll reads every regular file under root.
+func readAll(root string) (time.Duration, error) {
+	return shell("find '" + root + "' -type f -exec cat {} + > /dev/null")
+}
+
+// B3: read every file of the Go toolchain path: cold against full
+// substitution, warm against native warm.
 func (b *bench) b3SmallFiles() error {
-	files, _ := output("sh", "-c", "find "+b.gopath+" -type f | wc -l")
-	readAll := func(root string) (time.Duration, error) {
-		return shell("find " + root + " -type f -exec cat {} + > /dev/null")
-	}
-	m, err := b.mount()
-	if err != nil {
-		return err
-	}
-	root := filepath.Join(m.Dir, filepath.Base(b.gopath))
-	dropCaches()
-	cold, err := readAll(root)
-	if err != nil {
-		b.stopMount(m)
-		return err
-	}
-	warm, err := readAll(root)
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-	dropCaches()
-	nativeCold, err := readAll(b.gopath)
-	if err != nil {
-		return err
-	}
-	nativeWarm, err := readAll(b.gopath)
-	if err != nil {
-		return err
-	}
-	subst, err := b.fullSubstitution(b.gopath)
-	if err != nil {
-		return err
-	}
-	b.subst = subst
-	what := "read every file of a " + strings.TrimSpace(files) + "-file path (Go toolchain)"
-	r := warm.Seconds() / nativeWarm.Seconds()
-	b.add(result{ID: "B3", What: what + ", warm", Ipnix: secs(warm), Baseline: "native warm " + secs(nativeWarm),
-		Ratio: r, RatioOf: "ipnix/native time", Target: "≤ 1.5×", Met: boolp(r <= 1.5)})
-	r = cold.Seconds() / subst.Seconds()
-	b.add(result{ID: "B3", What: what + ", cold", Ipnix: secs(cold), Baseline: "full substitution " + secs(subst),
-		Ratio: r, RatioOf: "ipnix/substitution time", Target: "≤ 1.2×", Met: boolp(r <= 1.2),
-		Note: "native cold " + secs(nativeCold)})
-	return nil
+	what := fmt.Sprintf("read every file of a %d-file path (Go toolchain)", b.goFiles)
+	warm := b.newRow(row{ID: "B3", What: what + ", warm", Ipnix: figure{Unit: "s"}, Baseline: &figure{Label: "native warm", Unit: "s"},
+		RatioOf: "ipnix/native time", Target: "≤ 1.5×", meets: func(r *row) bool { return r.Ratio <= 1.5 }})
+	cold := b.newRow(row{ID: "B3", What: what + ", cold", Ipnix: figure{Unit: "s"}, Baseline: &figure{Label: "full substitution", Unit: "s"},
+		RatioOf: "ipnix/substitution time", Target: "≤ 1.5×", meets: func(r *row) bool { return r.Ratio <= 1.5 }})
+	return b.eachRound("B3", func(i int) error {
+		return alternate(i,
+			func() error {
+				m, err := b.mount()
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				root := inMount(m, b.gopath)
+				dropCaches()
+				dc, err := readAll(root)
+				if err != nil {
+					return err
+				}
+				dw, err := readAll(root)
+				cold.ipnix(dc.Seconds())
+				warm.ipnix(dw.Seconds())
+				return err
+			},
+			func() error {
+				dropCaches()
+				dc, err := readAll(b.gopath)
+				if err != nil {
+					return err
+				}
+				dw, err := readAll(b.gopath)
+				cold.extra("native cold", "s", dc.Seconds())
+				warm.base(dw.Seconds())
+				return err
+			},
+			func() error {
+				d, _, err := b.fullSubstitution(nil, b.kubo.Gateway, b.gopath)
+				cold.base(d.Seconds())
+				return err
+			})
+	})
 }
 
-// B4: run a program from a large store path, cold.
+// goVersion runs `go version` from the Go toolchain path under root.
+func (b *bench) goVersion(root string) (time.Duration, error) {
+	return timed(filepath.Join(root, strings.TrimPrefix(b.gopath, "/nix/store/"), "bin", "go"), "version")
+}
+
+// B4: run a program from a large store path, cold, against full
+// substitution of that path.
 func (b *bench) b4LazyStart() error {
 	_, narSize, err := b.narCid(b.gopath)
 	if err != nil {
 		return err
 	}
-	m, err := b.mount()
-	if err != nil {
-		return err
-	}
-	dropCaches()
-	before, _ := m.Metric("ipnix_fetch_bytes_total")
-	d, err := timed(filepath.Join(m.Dir, filepath.Base(b.gopath), "bin", "go"), "version")
-	after, _ := m.Metric("ipnix_fetch_bytes_total")
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-	fetched := after - before
-	r := b.subst.Seconds() / d.Seconds()
-	frac := float64(fetched) / float64(narSize)
-	b.add(result{ID: "B4", What: "lazy start: `go version` from the Go toolchain path, cold", Ipnix: secs(d) + ", fetched " + humanize.IBytes(uint64(fetched)),
-		Baseline: "full substitution " + secs(b.subst), Ratio: r, RatioOf: "substitution/ipnix time", Target: "≥ 5×, ≤ 10 % fetched",
-		Met: boolp(r >= 5 && frac <= 0.10), Note: fmt.Sprintf("fetched %.1f %% of the %s NAR", 100*frac, humanize.IBytes(uint64(narSize)))})
-	return nil
+	r := b.newRow(row{ID: "B4", What: "lazy start: `go version` from the Go toolchain path, cold", Ipnix: figure{Unit: "s"},
+		Baseline: &figure{Label: "full substitution", Unit: "s"}, Invert: true, RatioOf: "substitution/ipnix time",
+		Target: "≥ 8×, ≤ 10 % fetched", meets: func(r *row) bool { return r.Ratio >= 8 && r.extraMedian("fetched, share of the NAR") <= 10 }})
+	return b.eachRound("B4", func(i int) error {
+		return alternate(i,
+			func() error {
+				m, err := b.mount()
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				dropCaches()
+				before, _ := m.Metric("ipnix_fetch_bytes_total")
+				d, err := b.goVersion(m.Dir)
+				after, _ := m.Metric("ipnix_fetch_bytes_total")
+				r.ipnix(d.Seconds())
+				r.extra("fetched", "B", float64(after-before))
+				r.extra("fetched, share of the NAR", "%", 100*float64(after-before)/float64(narSize))
+				return err
+			},
+			func() error {
+				d, _, err := b.fullSubstitution(nil, b.kubo.Gateway, b.gopath)
+				r.base(d.Seconds())
+				return err
+			})
+	})
 }
 
-// B5: stat every file of B3's path, cold and warm.
+// B5: stat every file of B3's path, warm (and cold, in the note).
 func (b *bench) b5Stat() error {
 	statAll := func(root string) (time.Duration, error) {
-		return shell("find " + root + " -printf '%s %m\\n' > /dev/null")
+		return shell("find '" + root + "' -printf '%s %m\\n' > /dev/null")
 	}
-	m, err := b.mount()
-	if err != nil {
-		return err
-	}
-	root := filepath.Join(m.Dir, filepath.Base(b.gopath))
-	dropCaches()
-	cold, err := statAll(root)
-	if err != nil {
-		b.stopMount(m)
-		return err
-	}
-	warm, err := statAll(root)
-	b.stopMount(m)
-	if err != nil {
-		return err
-	}
-	dropCaches()
-	nativeCold, _ := statAll(b.gopath)
-	nativeWarm, err := statAll(b.gopath)
-	if err != nil {
-		return err
-	}
-	r := warm.Seconds() / nativeWarm.Seconds()
-	b.add(result{ID: "B5", What: "stat every file of B3's path, warm", Ipnix: secs(warm), Baseline: "native warm " + secs(nativeWarm),
-		Ratio: r, RatioOf: "ipnix/native time", Target: "≤ 1.5×", Met: boolp(r <= 1.5),
-		Note: "cold: ipnix " + secs(cold) + ", native " + secs(nativeCold)})
-	return nil
+	r := b.newRow(row{ID: "B5", What: "stat every file of B3's path, warm", Ipnix: figure{Unit: "s"},
+		Baseline: &figure{Label: "native warm", Unit: "s"}, RatioOf: "ipnix/native time", Target: "≤ 1.5×",
+		meets: func(r *row) bool { return r.Ratio <= 1.5 }})
+	return b.eachRound("B5", func(i int) error {
+		return alternate(i,
+			func() error {
+				m, err := b.mount()
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				root := inMount(m, b.gopath)
+				dropCaches()
+				dc, err := statAll(root)
+				if err != nil {
+					return err
+				}
+				dw, err := statAll(root)
+				r.extra("ipnix cold", "s", dc.Seconds())
+				r.ipnix(dw.Seconds())
+				return err
+			},
+			func() error {
+				dropCaches()
+				dc, err := statAll(b.gopath)
+				if err != nil {
+					return err
+				}
+				dw, err := statAll(b.gopath)
+				r.extra("native cold", "s", dc.Seconds())
+				r.base(dw.Seconds())
+				return err
+			})
+	})
 }
 
-// B6: peak RSS of the mount processes against the memory cache size.
+// B6: peak RSS of the mount processes, per round, against the memory
+// cache size.
 func (b *bench) b6RSS() {
-	limit := b.memCache + 100<<20
-	b.add(result{ID: "B6", What: "peak RSS of the mount over B1-B5", Ipnix: humanize.IBytes(uint64(b.peakRSS)),
-		Baseline: "memory cache " + humanize.IBytes(uint64(b.memCache)), Ratio: float64(b.peakRSS) / float64(b.memCache),
-		RatioOf: "RSS/memory cache", Target: "≤ cache + 100 MiB", Met: boolp(b.peakRSS <= limit)})
-}
-
-func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	return s
-}
-
-// printTable writes the markdown table.
-func printTable(w io.Writer, results []result, memCache, bigSize int64, rounds int) {
-	host, _ := os.Hostname()
-	fmt.Fprintf(w, "ipnix benchmark, %s, %s, %d cores, %s/%s; memory cache %s, large file %s; median of %d rounds\n\n",
-		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
-		humanize.IBytes(uint64(memCache)), humanize.IBytes(uint64(bigSize)), rounds)
-	fmt.Fprintln(w, "| | measure | ipnix | baseline | ratio | target | met |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-	for _, r := range results {
-		met := "n/a"
-		if r.Met != nil {
-			met = map[bool]string{true: "yes", false: "**no**"}[*r.Met]
+	limit := float64(b.memCache + 100<<20)
+	r := &row{ID: "B6", What: "peak RSS of the mounts of the cases run (max of each round)", Ipnix: figure{Unit: "B"},
+		Baseline: &figure{Label: "memory cache", Unit: "B"}, RatioOf: "RSS/memory cache", Target: "≤ cache + 100 MiB, every round",
+		meets: func(r *row) bool { return r.Ipnix.Max <= limit }}
+	for _, p := range b.peak {
+		if p > 0 {
+			r.ipnix(float64(p))
+			r.base(float64(b.memCache))
 		}
-		ratio := "n/a"
-		if r.Ratio != 0 {
-			ratio = fmt.Sprintf("%.2f× (%s)", r.Ratio, r.RatioOf)
-		}
-		what := r.What
-		if r.Note != "" {
-			what += " — " + r.Note
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.ID, what, r.Ipnix, r.Baseline, ratio, r.Target, met)
 	}
+	if len(r.Ipnix.Rounds) > 0 {
+		b.rows = append(b.rows, r)
+	}
+}
+
+// B7: publish throughput against `ipfs add`, each side into a fresh kubo
+// (so that neither finds the blocks stored) from the same input with the
+// same cache state: from the store (publish serialises the NAR itself;
+// the baseline pipes `nix-store --dump` into `ipfs add`), and from NAR
+// files (publish --from a binary cache against `ipfs add` of its NARs).
+func (b *bench) b7Publish() error {
+	var narBytes int64
+	var cids []string
+	paths := []string{b.big, b.gopath}
+	for _, p := range paths {
+		cid, size, err := b.narCid(p)
+		if err != nil {
+			return err
+		}
+		narBytes += size
+		cids = append(cids, cid)
+	}
+	nars := make([]string, len(paths))
+	for i, p := range paths {
+		f, err := b.narFile(p)
+		if err != nil {
+			return err
+		}
+		nars[i] = f
+	}
+	what := "publish throughput (" + humanize.IBytes(uint64(narBytes)) + " of NAR)"
+	store := b.newRow(row{ID: "B7", What: what + " from the store", Ipnix: figure{Unit: "MiB/s"},
+		Baseline: &figure{Label: "nix-store --dump | ipfs add", Unit: "MiB/s"}, RatioOf: "ipnix/baseline throughput",
+		Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 },
+		Note: "both into a fresh kubo, page cache dropped before each; publish also writes the NAR file, listing and narinfo"})
+	files := b.newRow(row{ID: "B7", What: what + " from NAR files", Ipnix: figure{Unit: "MiB/s"},
+		Baseline: &figure{Label: "ipfs add of the NAR files", Unit: "MiB/s"}, RatioOf: "ipnix/baseline throughput",
+		Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 },
+		Note: "publish --from a binary cache of uncompressed NARs: also checks NarHash and copies the NAR files"})
+	// onFresh runs f against a fresh kubo and a fresh output directory,
+	// with the caches dropped, and gives f's wall time.
+	onFresh := func(f func(k *runenv.Kubo, to string) error) (time.Duration, error) {
+		dir, err := os.MkdirTemp(b.work, "b7-")
+		if err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(dir)
+		k, err := runenv.StartKubo(b.kuboBin, filepath.Join(dir, "ipfs"))
+		if err != nil {
+			return 0, err
+		}
+		defer k.Stop()
+		dropCaches()
+		start := time.Now()
+		err = f(k, filepath.Join(dir, "out"))
+		return time.Since(start), err
+	}
+	add := func(k *runenv.Kubo, input func(i int) (string, *os.File, error)) error {
+		for i := range paths {
+			line, f, err := input(i)
+			if err != nil {
+				return err
+			}
+			var out string
+			if f != nil {
+				out, err = k.Run(f, "add", "-Q", "--cid-version=1", "--raw-leaves", "--chunker=size-262144")
+				f.Close()
+			} else {
+				out, err = output("sh", "-c", line)
+				out = strings.TrimSpace(out)
+			}
+			if err != nil {
+				return err
+			}
+			if out != cids[i] {
+				return fmt.Errorf("ipfs add of %s gives %s, the narinfo %s: publish's encoding differs", paths[i], out, cids[i])
+			}
+		}
+		return nil
+	}
+	return b.eachRound("B7", func(i int) error {
+		return alternate(i,
+			func() error {
+				d, err := onFresh(func(k *runenv.Kubo, to string) error {
+					_, err := output(b.ipnix, "publish", "--api", k.API, "--to", to, "--secret-key", b.sec, "--no-closure", b.big, b.gopath)
+					return err
+				})
+				store.ipnix(mbps(narBytes, d))
+				return err
+			},
+			func() error {
+				d, err := onFresh(func(k *runenv.Kubo, _ string) error {
+					return add(k, func(i int) (string, *os.File, error) {
+						return fmt.Sprintf("nix-store --dump '%s' | IPFS_PATH='%s' '%s' --api '%s' add -Q --cid-version=1 --raw-leaves --chunker=size-262144",
+							paths[i], k.Path, k.Bin, k.API), nil, nil
+					})
+				})
+				store.base(mbps(narBytes, d))
+				return err
+			},
+			func() error {
+				d, err := onFresh(func(k *runenv.Kubo, to string) error {
+					_, err := output(b.ipnix, "publish", "--api", k.API, "--to", to, "--secret-key", b.sec, "--from", b.cache)
+					return err
+				})
+				files.ipnix(mbps(narBytes, d))
+				return err
+			},
+			func() error {
+				d, err := onFresh(func(k *runenv.Kubo, _ string) error {
+					return add(k, func(i int) (string, *os.File, error) {
+						f, err := os.Open(nars[i])
+						return "", f, err
+					})
+				})
+				files.base(mbps(narBytes, d))
+				return err
+			})
+	})
 }

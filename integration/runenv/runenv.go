@@ -105,14 +105,22 @@ type Kubo struct {
 	Path    string // IPFS_PATH
 	API     string // RPC multiaddr
 	Gateway string // http://127.0.0.1:port
-	proc    *Proc
+	// Wrap is a command prefix for the daemon and every CLI call, e.g.
+	// nsenter --net=/run/netns/NS -- to run them in a network namespace.
+	Wrap []string
+	proc *Proc
 }
 
 var gatewayRE = regexp.MustCompile(`Gateway server listening on /ip4/127\.0\.0\.1/tcp/(\d+)`)
 
 // StartKubo initialises a repository in path and starts the daemon.
-func StartKubo(bin, path string) (*Kubo, error) {
-	k := &Kubo{Bin: bin, Path: path}
+func StartKubo(bin, path string) (*Kubo, error) { return StartKuboWrapped(bin, path, nil, nil) }
+
+// StartKuboWrapped is StartKubo with every command prefixed by wrap (see
+// Kubo.Wrap), calling before, when not nil, with the initialised repository
+// before the daemon starts (offline `ipfs add` works then).
+func StartKuboWrapped(bin, path string, wrap []string, before func(*Kubo) error) (*Kubo, error) {
+	k := &Kubo{Bin: bin, Path: path, Wrap: wrap}
 	for _, args := range [][]string{
 		{"init", "--profile=test", "-e"},
 		{"config", "--json", "Bootstrap", "[]"},
@@ -126,7 +134,12 @@ func StartKubo(bin, path string) (*Kubo, error) {
 			return nil, err
 		}
 	}
-	cmd := exec.Command(bin, "daemon", "--enable-gc=false")
+	if before != nil {
+		if err := before(k); err != nil {
+			return nil, err
+		}
+	}
+	cmd := wrapped(wrap, bin, "daemon", "--enable-gc=false")
 	cmd.Env = append(os.Environ(), "IPFS_PATH="+path)
 	p, err := Start(cmd)
 	if err != nil {
@@ -156,7 +169,7 @@ func (k *Kubo) Run(stdin io.Reader, args ...string) (string, error) {
 	if k.API != "" {
 		args = append([]string{"--api", k.API}, args...)
 	}
-	cmd := exec.Command(k.Bin, args...)
+	cmd := wrapped(k.Wrap, k.Bin, args...)
 	cmd.Env = append(os.Environ(), "IPFS_PATH="+k.Path)
 	cmd.Stdin = stdin
 	var stderr bytes.Buffer
@@ -174,10 +187,22 @@ func (k *Kubo) Pid() int { return k.proc.Cmd.Process.Pid }
 // Stop stops the daemon.
 func (k *Kubo) Stop() { k.proc.Stop(20 * time.Second) }
 
+// wrapped is exec.Command(name, args...) behind the command prefix wrap.
+func wrapped(wrap []string, name string, args ...string) *exec.Cmd {
+	if len(wrap) == 0 {
+		return exec.Command(name, args...)
+	}
+	all := append(append(append([]string{}, wrap[1:]...), name), args...)
+	return exec.Command(wrap[0], all...)
+}
+
 // Mount is an `ipnix mount` in its own process.
 type Mount struct {
 	Dir     string
 	Metrics string // base URL of the metrics endpoint
+	// HTTP reads Metrics; nil is http.DefaultClient. A mount in another
+	// network namespace needs a client that dials there.
+	HTTP *http.Client
 	*Proc
 }
 
@@ -186,8 +211,15 @@ var metricsRE = regexp.MustCompile(`metrics on (http://\S+)/metrics`)
 // StartMount runs `ipnix mount --metrics 127.0.0.1:0 ARGS DIR` and waits
 // until it serves.
 func StartMount(bin, dir string, args ...string) (*Mount, error) {
+	return StartMountWrapped(nil, bin, dir, args...)
+}
+
+// StartMountWrapped is StartMount with the command prefixed by wrap (see
+// Kubo.Wrap). The prefix must exec the mount in the same process (as
+// nsenter without --fork does), so that Stop's signals reach it.
+func StartMountWrapped(wrap []string, bin, dir string, args ...string) (*Mount, error) {
 	all := append([]string{"mount", "--metrics", "127.0.0.1:0"}, args...)
-	p, err := Start(exec.Command(bin, append(all, dir)...))
+	p, err := Start(wrapped(wrap, bin, append(all, dir)...))
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +253,11 @@ func (m *Mount) Metric(name string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", m.Metrics+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	client := m.HTTP
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
 	}
@@ -252,6 +288,61 @@ func PeakRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
+}
+
+// IO is a process's storage I/O counters from /proc/<pid>/io: bytes it
+// caused to be read from and written to the storage layer (counted when
+// pages are dirtied), and dirty bytes it truncated before they were written.
+type IO struct {
+	ReadBytes, WriteBytes, CancelledWriteBytes int64
+}
+
+// ProcIO reads /proc/<pid>/io.
+func ProcIO(pid int) (IO, error) {
+	name := fmt.Sprintf("/proc/%d/io", pid)
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return IO{}, err
+	}
+	c, err := ParseProcIO(b)
+	if err != nil {
+		return IO{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return c, nil
+}
+
+// ParseProcIO parses the text of /proc/<pid>/io.
+func ParseProcIO(b []byte) (IO, error) {
+	var c IO
+	seen := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var dst *int64
+		var bit int
+		switch key {
+		case "read_bytes":
+			dst, bit = &c.ReadBytes, 1
+		case "write_bytes":
+			dst, bit = &c.WriteBytes, 2
+		case "cancelled_write_bytes":
+			dst, bit = &c.CancelledWriteBytes, 4
+		default:
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+		if err != nil || n < 0 {
+			return IO{}, fmt.Errorf("bad %s value %q", key, strings.TrimSpace(val))
+		}
+		*dst = n
+		seen |= bit
+	}
+	if seen != 7 {
+		return IO{}, fmt.Errorf("read_bytes, write_bytes or cancelled_write_bytes missing")
+	}
+	return c, nil
 }
 
 // IsMounted reports whether dir is a mount point.

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/ipnix/ipnix/integration/runenv"
+)
+
+// settledIO waits until pid's write_bytes has not moved for quiet (local
+// copies may be written after the reads that caused them return), at most
+// limit, and gives its counters then.
+func settledIO(pid int, quiet, limit time.Duration) (runenv.IO, error) {
+	last, err := runenv.ProcIO(pid)
+	if err != nil {
+		return last, err
+	}
+	deadline := time.Now().Add(limit)
+	since := time.Now()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		c, err := runenv.ProcIO(pid)
+		if err != nil {
+			return last, err
+		}
+		if c.WriteBytes != last.WriteBytes {
+			since = time.Now()
+		}
+		last = c
+		if time.Since(since) >= quiet {
+			break
+		}
+	}
+	return last, nil
+}
+
+// B8: bytes the mount process writes to storage per NAR byte read, with
+// --cache-dir and the local kubo, over a cold full read of the large file
+// and of every file of the Go path; against what nix-store --restore
+// writes per NAR byte in a full substitution of the same two paths.
+func (b *bench) b8DiskWrites() error {
+	var narBytes int64
+	for _, p := range []string{b.big, b.gopath} {
+		_, size, err := b.narCid(p)
+		if err != nil {
+			return err
+		}
+		narBytes += size
+	}
+	r := b.newRow(row{ID: "B8", What: "bytes written to disk per NAR byte read, --cache-dir, cold full read of the large file and the Go path",
+		Ipnix: figure{Unit: "B/B"}, Baseline: &figure{Label: "full substitution (nix-store --restore)", Unit: "B/B"},
+		RatioOf: "ipnix/substitution bytes written", Target: "≤ 1.1 B/B", meets: func(r *row) bool { return r.Ipnix.Median <= 1.1 },
+		Note: "write_bytes − cancelled_write_bytes of the mount process (/proc/PID/io), counted until it has written nothing for 2 s"})
+	return b.eachRound("B8", func(i int) error {
+		return alternate(i,
+			func() error {
+				args, done, err := b.cacheDir()
+				if err != nil {
+					return err
+				}
+				defer done()
+				m, err := b.mount(args...)
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				dropCaches()
+				pid := m.Cmd.Process.Pid
+				before, err := runenv.ProcIO(pid)
+				if err != nil {
+					return err
+				}
+				kBefore, kerr := runenv.ProcIO(b.kubo.Pid())
+				start := time.Now()
+				if _, err := shell("cat '" + filepath.Join(inMount(m, b.big), "big.bin") + "' > /dev/null"); err != nil {
+					return err
+				}
+				if _, err := readAll(inMount(m, b.gopath)); err != nil {
+					return err
+				}
+				d := time.Since(start)
+				after, err := settledIO(pid, 2*time.Second, 60*time.Second)
+				if err != nil {
+					return err
+				}
+				written := (after.WriteBytes - before.WriteBytes) - (after.CancelledWriteBytes - before.CancelledWriteBytes)
+				r.ipnix(float64(written) / float64(narBytes))
+				r.extra("read time", "s", d.Seconds())
+				r.extra("cancelled (dirty, deleted before writeback)", "B", float64(after.CancelledWriteBytes-before.CancelledWriteBytes))
+				if kAfter, err := runenv.ProcIO(b.kubo.Pid()); err == nil && kerr == nil {
+					r.extra("kubo wrote per NAR byte", "B/B", float64(kAfter.WriteBytes-kBefore.WriteBytes)/float64(narBytes))
+				}
+				return nil
+			},
+			func() error {
+				var written int64
+				for _, p := range []string{b.big, b.gopath} {
+					_, w, err := b.fullSubstitution(nil, b.kubo.Gateway, p)
+					if err != nil {
+						return err
+					}
+					written += w
+				}
+				r.base(float64(written) / float64(narBytes))
+				return nil
+			})
+	})
+}
+
+// B9: a verified file re-read in the same mount at once after its
+// verification, with the page cache dropped in between (the local copies
+// of --cache-dir may not be written yet), against a native cold read.
+func (b *bench) b9Reread() error {
+	size := b.bigSize
+	r := b.newRow(row{ID: "B9", What: "re-read of the large file in the same mount, page cache dropped at once after its verifying cold read, --cache-dir",
+		Ipnix: figure{Unit: "MiB/s"}, Baseline: &figure{Label: "native cold", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput",
+		Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	return b.eachRound("B9", func(i int) error {
+		return alternate(i,
+			func() error {
+				args, done, err := b.cacheDir()
+				if err != nil {
+					return err
+				}
+				defer done()
+				m, err := b.mount(args...)
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				file := filepath.Join(inMount(m, b.big), "big.bin")
+				first, err := coldCat(file)
+				if err != nil {
+					return err
+				}
+				verified, _ := m.Metric("ipnix_store_paths_verified_total")
+				pt, _ := m.Metric("ipnix_passthrough_opens_total")
+				fetched, _ := m.Metric("ipnix_fetch_bytes_total")
+				d, err := coldCat(file)
+				if err != nil {
+					return err
+				}
+				pt2, _ := m.Metric("ipnix_passthrough_opens_total")
+				fetched2, _ := m.Metric("ipnix_fetch_bytes_total")
+				r.ipnix(mbps(size, d))
+				r.extra("first (cold) read", "MiB/s", mbps(size, first))
+				r.extra("passthrough opens on the re-read", "n", float64(pt2-pt))
+				r.extra("fetched again", "B", float64(fetched2-fetched))
+				if verified < 1 {
+					r.note(fmt.Sprintf("round %d: the path was not yet verified after the first read", i+1))
+				}
+				return nil
+			},
+			func() error {
+				d, err := coldCat(b.bigFile)
+				r.base(mbps(size, d))
+				return err
+			})
+	})
+}
