@@ -30,6 +30,11 @@ const (
 	// walkFiles is how many files read one after the other in NAR order
 	// make a walk.
 	walkFiles = 32
+	// walkSlack is the most that may lie between two files read one after
+	// the other for them to count as a walk: the NAR headers of the next
+	// entries, not a file skipped (a compiler reading some files of a
+	// directory and not its tests is not walking it).
+	walkSlack = 4 << 10
 	// walkChunk is what the walker asks for in one go.
 	walkChunk = 4 << 20
 	// walkIdle ends a walk whose reader stopped.
@@ -72,7 +77,7 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) {
 	}
 	w := &sp.walk
 	w.mu.Lock()
-	sequential := off >= w.next && off <= w.next+narGapSlack
+	sequential := off >= w.next && off <= w.next+walkSlack
 	switch {
 	case !sequential:
 		w.files = 0
