@@ -53,6 +53,7 @@ type mountConfig struct {
 	Readahead          int64
 	BatchFetch         bool
 	NoPassthrough      bool
+	NoPushPages        bool
 	NoRequireSigs      bool
 	RequireCidSig      bool
 	ReadTimeout        time.Duration
@@ -104,6 +105,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
+	fs.BoolVar(&c.NoPushPages, "no-push-pages", false, "never write small files into the kernel's page cache once their blocks are verified (by default a walk over many small files then costs a READ per block, not per file)")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "fetch read-ahead ranges from the first --gateway as one CAR stream each (fewer requests: for remote gateways)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key (without it such paths are fetched whole and checked against NarHash before anything of them is served)")
@@ -347,6 +349,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ReadTimeout:   c.ReadTimeout,
 		MaxEntries:    c.MaxEntries,
 		ListingMemory: c.ListingMemory,
+		NoPushPages:   c.NoPushPages,
 	})
 	if err != nil {
 		return err
