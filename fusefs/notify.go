@@ -21,7 +21,9 @@ import (
 // that then wait for the mutex: a deadlock (a test was found stuck in
 // invalidate_inode_pages2_range). The kernel takes writes to /dev/fuse
 // from several threads at once, so an invalidation written on its own
-// waits only for the replies it needs, and they go out.
+// waits only for the replies it needs, and they go out. A page push
+// (FUSE_NOTIFY_STORE, pagepush.go) waits the same way, for the locks of
+// the pages it fills.
 //
 // go-fuse keeps the device descriptor and the kernel's node ids to itself;
 // they are read by reflection (go-fuse is pinned in go.mod). Where that

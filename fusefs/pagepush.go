@@ -46,7 +46,9 @@ import (
 //
 // The kernel keeps the pushed pages: files are opened either without
 // asking (OPEN answered ENOSYS: the kernel then opens with
-// FOPEN_KEEP_CACHE) or with FOPEN_KEEP_CACHE, and attributes never change.
+// FOPEN_KEEP_CACHE) or with FOPEN_KEEP_CACHE, and a file's size and
+// mtime never change (go-fuse asks for FUSE_AUTO_INVAL_DATA, under which
+// the kernel drops a file's pages when either changes).
 
 // Bounds of page pushing.
 const (
@@ -55,10 +57,11 @@ const (
 	pushMaxFile = 128 << 10
 	// pushQueue bounds the work waiting for the worker.
 	pushQueue = 64
-	// pushKeepBytes bounds the verified leaves kept for files looked up
-	// after their leaf went by (the slices are normally the memory
-	// cache's own).
-	pushKeepBytes = 4 << 20
+	// pushKeepBytes and pushKeepLeaves bound the verified leaves kept for
+	// files looked up after their leaf went by (the slices are normally
+	// the memory cache's own).
+	pushKeepBytes  = 4 << 20
+	pushKeepLeaves = 256
 	// pushRetries bounds the attempts at a file the kernel does not know
 	// yet: the worker may get to a lookup before the kernel has taken in
 	// its reply.
@@ -378,7 +381,7 @@ func (p *pusher) retry(sp *storePath, f *smallFile, tries int) {
 }
 
 // keep adds a leaf to those kept, dropping the oldest beyond
-// pushKeepBytes.
+// pushKeepBytes or pushKeepLeaves.
 func (p *pusher) keep(sp *storePath, start int64, data []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -389,7 +392,7 @@ func (p *pusher) keep(sp *storePath, start int64, data []byte) {
 	}
 	p.kept = append(p.kept, keptLeaf{sp: sp, start: start, data: data})
 	p.keptBytes += int64(len(data))
-	for p.keptBytes > pushKeepBytes && len(p.kept) > 1 {
+	for (p.keptBytes > pushKeepBytes || len(p.kept) > pushKeepLeaves) && len(p.kept) > 1 {
 		p.keptBytes -= int64(len(p.kept[0].data))
 		p.kept[0] = keptLeaf{}
 		p.kept = p.kept[1:]

@@ -234,7 +234,7 @@ const mountOptionsHelp = `Mount options (-o), as in fstab:
                      trusted-public-key may repeat; ',' inside a value is not
                      supported)
   NAME               any flag above that takes no value, e.g. no-require-sigs,
-                     require-cid-sig, batch-fetch, no-passthrough,
+                     require-cid-sig, batch-fetch, no-passthrough, no-push-pages,
                      metrics-allow-remote, debug
   require-sigs       undoes no-require-sigs
   allow_other        let every user read the mount (needed for a /nix/store overlay)
