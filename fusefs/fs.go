@@ -59,6 +59,9 @@ type Config struct {
 	// ListingMemory bounds the memory of the listings held (default 256
 	// MiB); listings of paths the kernel has forgotten are dropped first.
 	ListingMemory int64
+	// NoPushPages turns off writing small files into the kernel's page
+	// cache once their blocks are verified (pagepush.go).
+	NoPushPages bool
 	// OnListings, if set, is told the estimated memory of the listings
 	// held whenever it changes (cmd/ipnix sets the GC limit from it).
 	OnListings func(bytes int64)
@@ -99,8 +102,12 @@ type Stats struct {
 	LocalCopiesChecked  atomic.Int64 // directories of local copies from an earlier run found intact
 	LocalCopiesDropped  atomic.Int64 // directories of local copies dropped because a check failed
 	ListingsDropped     atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
-	Reads               atomic.Int64 // READ requests answered
+	Reads               atomic.Int64 // READ requests that reached the filesystem
 	ReadNanos           atomic.Int64 // time READ requests spent getting their bytes (fetch, wait, copy)
+	PagePushes          atomic.Int64 // small files written into the kernel's page cache
+	PagePushBytes       atomic.Int64 // bytes of those files
+	PagePushDrops       atomic.Int64 // page pushes dropped because the queue was full
+	PagePushErrors      atomic.Int64 // page pushes the kernel refused (other than for unknown inodes)
 }
 
 // FS is the state of one mount: every node points to it.
@@ -110,6 +117,7 @@ type FS struct {
 	root     *rootNode
 	prefetch *fetch.Prefetcher // nil when read-ahead is off
 	files    *files            // nil when passthrough is off
+	pages    *pusher           // nil when page pushing is off
 	Stats    Stats
 	Walks    WalkStats
 
@@ -192,6 +200,9 @@ func New(cfg Config) (*FS, error) {
 		}
 		f.files = fl
 	}
+	if !cfg.NoPushPages {
+		f.pages = newPusher(f)
+	}
 	if cfg.Readahead > 0 {
 		f.prefetch = fetch.NewPrefetcher(cfg.Blocks, cfg.ReadaheadWorkers, 1024)
 		if cfg.Batch != nil {
@@ -201,8 +212,8 @@ func New(cfg Config) (*FS, error) {
 	return f, nil
 }
 
-// Close stops background work (read-ahead; local copies being written get
-// a few seconds to finish). Call it after unmounting.
+// Close stops background work (read-ahead, page pushing; local copies
+// being written get a few seconds to finish). Call it after unmounting.
 func (f *FS) Close() {
 	f.bgCancel()
 	f.bg.Wait()
@@ -211,6 +222,12 @@ func (f *FS) Close() {
 	}
 	if f.files != nil {
 		f.files.close()
+	}
+	if f.pages != nil {
+		f.pages.close()
+	}
+	if n := f.notify.Load(); n != nil {
+		n.close()
 	}
 }
 

@@ -82,6 +82,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	r.fsys.Stats.Lookups.Add(1)
 	sp.touch()
+	sp.noteLookup(&r.Inode, name, sp.listing.Root)
 	return sp.newInode(ctx, &r.Inode, sp.listing.Root, out), 0
 }
 
@@ -233,6 +234,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		out.SetEntryTimeout(immutableTimeout)
 		return nil, syscall.ENOENT
 	}
+	d.sp.noteLookup(&d.Inode, name, child)
 	return d.sp.newInode(ctx, &d.Inode, child, out), 0
 }
 
@@ -350,6 +352,7 @@ func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 
 func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	sp := f.sp
+	sp.fs.Stats.Reads.Add(1)
 	if sp.quarantined() {
 		return nil, syscall.EIO
 	}
@@ -359,6 +362,7 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	end := min(off+int64(len(dest)), size)
+	sp.noteRead(&f.Inode, f.ln, off, end) // nothing to push there (pagepush.go)
 	if h, ok := fh.(*fileHandle); ok && h.fd >= 0 {
 		sp.fs.Stats.PassthroughFellBack.Add(1)
 	}
@@ -376,7 +380,6 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	defer cancel()
 	start := time.Now()
 	n, err := sp.nar.ReadAt(ctx, dest[:end-off], f.ln.NarOffset+off)
-	sp.fs.Stats.Reads.Add(1)
 	sp.fs.Stats.ReadNanos.Add(int64(time.Since(start)))
 	if err != nil && n < int(end-off) {
 		return nil, sp.fs.readErrno(sp, err)

@@ -36,6 +36,7 @@ type storePath struct {
 	listing  *narindex.Listing
 	ordinals map[*narindex.ListingNode]uint32
 	chk      *integrity.Checker
+	pages    pathPages // pushing small files into the kernel's page cache
 
 	// narRA spots readers that walk the store path in NAR order (tar, cp
 	// -r, nix hash path, find -exec cat) and reads ahead across files.
@@ -180,7 +181,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		chk:       integrity.New(info.NarHash, nar.Size(), f.cfg.MaxEntries, f.ahead),
 		copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
 	sp.walk.moved = make(chan struct{}, 1)
-	nar.SetLeafHook(sp.chk.OnLeaf)
+	nar.SetLeafHook(sp.onLeaf) // the checker's, then page pushing (pagepush.go)
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
 	}
@@ -201,6 +202,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 			return nil, refusal(err)
 		}
 		sp.chk.Serve(sp.listing)
+		sp.pages.lazy.Store(true)
 	}
 	if err := sp.number(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)

@@ -65,6 +65,10 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_reads_total", "READ requests answered by ipnix (reads the kernel answered from its cache or a passthrough file never arrive).", "counter", m.fs.Stats.Reads.Load())
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %.6f\n", "ipnix_read_seconds_total", "Time READ requests spent getting their bytes: fetching, waiting for blocks on their way, copying.",
 		"ipnix_read_seconds_total", "ipnix_read_seconds_total", float64(m.fs.Stats.ReadNanos.Load())/1e9)
+	line("ipnix_page_pushes_total", "Small files written into the kernel's page cache once their blocks were verified.", "counter", m.fs.Stats.PagePushes.Load())
+	line("ipnix_page_push_bytes_total", "Bytes of the files written into the kernel's page cache.", "counter", m.fs.Stats.PagePushBytes.Load())
+	line("ipnix_page_push_dropped_total", "Page pushes dropped because the queue was full.", "counter", m.fs.Stats.PagePushDrops.Load())
+	line("ipnix_page_push_errors_total", "Page pushes the kernel refused (other than for inodes it no longer knows).", "counter", m.fs.Stats.PagePushErrors.Load())
 	line("ipnix_passthrough_fallback_reads_total", "Reads that reached ipnix on handles offered for passthrough.", "counter", m.fs.Stats.PassthroughFellBack.Load())
 	line("ipnix_store_paths_quarantined_total", "Store paths whose NAR did not match NarHash.", "counter", m.fs.Stats.Quarantined.Load())
 }

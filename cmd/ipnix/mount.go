@@ -55,6 +55,7 @@ type mountConfig struct {
 	RangeFetch         string
 	BackgroundFetch    bool
 	NoPassthrough      bool
+	NoPushPages        bool
 	NoRequireSigs      bool
 	RequireCidSig      bool
 	ReadTimeout        time.Duration
@@ -110,6 +111,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringVar(&c.RangeFetch, "range-fetch", "bytes", "how read-ahead fetches runs of blocks from the first gateway: bytes (one ranged GET of the file's bytes, cut at the leaf boundaries and each leaf checked against its CID; raw leaves only), car (one trustless CAR stream), off (a request per block)")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "same as --range-fetch car")
 	fs.MarkDeprecated("batch-fetch", "use --range-fetch car")
+	fs.BoolVar(&c.NoPushPages, "no-push-pages", false, "never write small files into the kernel's page cache once their blocks are verified (by default a walk over many small files then costs a READ per block, not per file)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "show store paths whose narinfo is unsigned or signed by an untrusted key (NOT recommended)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key (without it such paths are fetched whole and checked against NarHash before anything of them is served)")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaultReadTimeout, "longest time one read or lookup may take, whatever the DAG depth, sources and retries, before it fails with EIO")
@@ -260,7 +262,7 @@ const mountOptionsHelp = `Mount options (-o), as in fstab:
                      trusted-public-key may repeat; ',' inside a value is not
                      supported)
   NAME               any flag above that takes no value, e.g. no-require-sigs,
-                     require-cid-sig, no-passthrough,
+                     require-cid-sig, no-passthrough, no-push-pages,
                      metrics-allow-remote, debug
   require-sigs       undoes no-require-sigs
   allow_other        let every user read the mount (needed for a /nix/store overlay)
@@ -370,6 +372,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ReadTimeout:   c.ReadTimeout,
 		MaxEntries:    c.MaxEntries,
 		ListingMemory: c.ListingMemory,
+		NoPushPages:   c.NoPushPages,
 	})
 	if err != nil {
 		return err
