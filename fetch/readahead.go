@@ -93,10 +93,11 @@ func (p *Prefetcher) work() {
 		case len(j.run) > 0:
 			p.fetchRun(j)
 		case j.leaf.Cid.Defined():
-			if _, err := p.bg.GetBlock(p.ctx, j.leaf.Cid); err != nil {
+			if b, err := p.bg.GetBlock(p.ctx, j.leaf.Cid); err != nil {
 				p.Stats.Errors.Add(1)
 			} else {
 				p.Stats.Blocks.Add(1)
+				j.f.Offer(j.leaf, b)
 			}
 		default:
 			p.split(j)
@@ -170,10 +171,12 @@ func (p *Prefetcher) FetchNow(ctx context.Context, f *File, off, end int64) erro
 			}
 			continue
 		}
-		if _, err := p.bg.GetBlock(ctx, j.leaf.Cid); err != nil {
+		b, err := p.bg.GetBlock(ctx, j.leaf.Cid)
+		if err != nil {
 			return err
 		}
 		p.Stats.Blocks.Add(1)
+		j.f.Offer(j.leaf, b)
 	}
 	return nil
 }
@@ -218,6 +221,10 @@ func (p *Prefetcher) fetchRunCtx(ctx context.Context, j prefetchJob) error {
 // reader waiting for it (deliver, which loses the entry) or to Put.
 func (p *Prefetcher) fetchRunPart(ctx context.Context, j prefetchJob, run []LeafRange, deliver map[string]func(blocks.Block)) error {
 	b := p.batch
+	at := make(map[string][]LeafRange, len(run)) // a CID may hold several leaves
+	for _, l := range run {
+		at[l.Cid.KeyString()] = append(at[l.Cid.KeyString()], l)
+	}
 	_, err := b.Fetch(ctx, j.f, run, func(blk blocks.Block) {
 		k := blk.Cid().KeyString()
 		if d := deliver[k]; d != nil {
@@ -227,6 +234,10 @@ func (p *Prefetcher) fetchRunPart(ctx context.Context, j prefetchJob, run []Leaf
 			b.Put(blk)
 		}
 		p.Stats.Blocks.Add(1)
+		for _, l := range at[k] {
+			j.f.Offer(l, blk)
+		}
+		delete(at, k)
 	})
 	p.Stats.Batches.Add(1)
 	return err

@@ -51,16 +51,32 @@ type File struct {
 	hook atomic.Pointer[func(start int64, data []byte)]
 }
 
-// SetLeafHook installs a function that ReadAt calls, in file order, with
-// every whole leaf it read (start is the leaf's offset in the file). It lets
-// a caller hash the file as it streams by without reading it twice. The
-// hook must be quick and safe for concurrent use; nil removes it.
+// SetLeafHook installs a function called with every whole leaf that ReadAt
+// read (in file order within a read) or that read-ahead fetched (see
+// Offer), start being the leaf's offset in the file. It lets a caller hash
+// the file as it streams by without reading it twice. Leaves may come more
+// than once and out of order, from several goroutines: the hook must be
+// quick and safe for concurrent use. nil removes it.
 func (f *File) SetLeafHook(h func(start int64, data []byte)) {
 	if h == nil {
 		f.hook.Store(nil)
 		return
 	}
 	f.hook.Store(&h)
+}
+
+// Offer hands the leaf hook a leaf that arrived by another path than
+// ReadAt (read-ahead, a ranged fetch). b must be the verified block of l.
+func (f *File) Offer(l LeafRange, b blocks.Block) {
+	hook := f.hook.Load()
+	if hook == nil || l.data != nil {
+		return
+	}
+	_, data, err := parseNode(l.Cid, b, 0, l.Size)
+	if err != nil || data == nil {
+		return // ReadAt will say what is wrong with it
+	}
+	(*hook)(l.Start, data)
 }
 
 // dagNode is a parsed intermediate node: optional inline data, then children

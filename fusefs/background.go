@@ -1,7 +1,9 @@
 package fusefs
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +60,9 @@ type walk struct {
 	on    atomic.Bool           // a walker runs
 	done  atomic.Bool           // a walker reached the end: none again
 	moved chan struct{}         // signalled (non-blocking) when front moves
+	// byOffset: the listing's non-empty files in NAR order, built on the
+	// first gap (under mu).
+	byOffset []*narindex.ListingNode
 }
 
 // WalkStats counts background fetch work.
@@ -68,21 +73,29 @@ type WalkStats struct {
 	Stopped atomic.Int64 // walks stopped before the end (quarantine, close, idle reader, error)
 }
 
-// noteRead records a read of [off, end) of ln (NAR offsets) and starts a
-// walker when the reads have become a walk.
-func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) {
+// noteWalk records a read of [off, end) of ln (NAR offsets) and starts a
+// walker when the reads have become a walk. It returns where the read
+// counts from for read-ahead in NAR order: the end of the previous read
+// when every file between them was served already (pushed into the
+// kernel's cache, so the reader never asked for it), else off.
+func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
 	f := sp.fs
-	if f.cfg.WalkAhead < 0 || f.prefetch == nil {
-		return
-	}
 	w := &sp.walk
 	w.mu.Lock()
+	from := off
 	sequential := off >= w.next && off <= w.next+walkSlack
+	skipped := 0 // files between, served without a READ
+	if !sequential && off > w.next {
+		skipped, sequential = sp.gapServed(w.next, off)
+		if sequential {
+			from = w.next
+		}
+	}
 	switch {
 	case !sequential:
 		w.files = 0
 	case ln != w.last:
-		w.files++
+		w.files += 1 + skipped
 	}
 	w.last, w.next = ln, end
 	start := w.files >= walkFiles
@@ -94,9 +107,48 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) {
 		default:
 		}
 	}
-	if start && !w.on.Load() && !w.done.Load() && !sp.quarantined() {
+	if start && f.cfg.WalkAhead >= 0 && f.prefetch != nil && !w.on.Load() && !w.done.Load() && !sp.quarantined() {
 		f.startWalk(sp)
 	}
+	return from
+}
+
+// maxGapFiles bounds the files gapServed looks at.
+const maxGapFiles = 512
+
+// gapServed reports whether every non-empty regular file with bytes in
+// [from, to) of the NAR was served already, and how many there are. Called with walk.mu held.
+func (sp *storePath) gapServed(from, to int64) (n int, ok bool) {
+	files := sp.walk.byOffset
+	if files == nil {
+		sp.listingFiles(func(n *narindex.ListingNode) { files = append(files, n) })
+		slices.SortFunc(files, func(a, b *narindex.ListingNode) int { return cmp.Compare(a.NarOffset, b.NarOffset) })
+		sp.walk.byOffset = files
+	}
+	i, _ := slices.BinarySearchFunc(files, from, func(n *narindex.ListingNode, off int64) int { return cmp.Compare(n.NarOffset, off) })
+	if i > 0 && files[i-1].NarOffset+files[i-1].Size > from {
+		i-- // the gap starts inside this file
+	}
+	for ; i < len(files) && files[i].NarOffset < to; i++ {
+		if n++; n > maxGapFiles || !sp.chk.Served(files[i]) {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// listingFiles calls fn with every non-empty regular file of the listing.
+func (sp *storePath) listingFiles(fn func(*narindex.ListingNode)) {
+	var walk func(n *narindex.ListingNode)
+	walk = func(n *narindex.ListingNode) {
+		if n.Type == narindex.TypeRegular && n.Size > 0 {
+			fn(n)
+		}
+		for _, c := range n.Entries {
+			walk(c)
+		}
+	}
+	walk(sp.listing.Root)
 }
 
 // startWalk runs a walker for sp if fewer than maxWalkers run.

@@ -371,7 +371,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		if from, to := ra.Observe(off, end-off, size); to > from {
 			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, stop)
 		}
-		if from, to := sp.narRA.Observe(f.ln.NarOffset+off, end-off, sp.nar.Size()); to > from {
+		nOff, nEnd := f.ln.NarOffset+off, f.ln.NarOffset+end
+		nOff = sp.noteWalk(f.ln, nOff, nEnd)
+		if from, to := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size()); to > from {
 			sp.fs.prefetch.Prefetch(sp.nar, from, to, sp.quarantined)
 		}
 	}
@@ -384,7 +386,6 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if err != nil && n < int(end-off) {
 		return nil, sp.fs.readErrno(sp, err)
 	}
-	sp.noteWalk(f.ln, f.ln.NarOffset+off, f.ln.NarOffset+end)
 	if sp.chk.NoteRead(f.ln, off, end) {
 		// The last unread bytes of the store path: check the whole NAR
 		// before serving them.

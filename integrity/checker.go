@@ -231,6 +231,16 @@ func (c *Checker) NoteRead(n *narindex.ListingNode, off, end int64) bool {
 	return c.allRead
 }
 
+// Served reports whether every byte of regular file n has been served
+// (read, or pushed into the kernel's cache) while the path was served
+// lazily.
+func (c *Checker) Served(n *narindex.ListingNode) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cv := c.covered[n]
+	return cv != nil && cv.done
+}
+
 // Verify checks the whole NAR: it reads (through read) whatever streaming
 // did not bring, compares the hash with NarHash and the parsed listing
 // with the served one. It returns nil once verified, ErrQuarantined when
