@@ -335,8 +335,9 @@ func (fl *files) stopStreams() {
 
 // SetCopiedBlocks sets drop, called (in the background) with every block
 // whose bytes local copies now hold: the leaves that lie wholly inside a
-// copied file. A disk block store need not keep them; the memory cache
-// may.
+// copied file, once the kernel takes copies for passthrough (otherwise
+// reads of those files still need the blocks). A disk block store need
+// not keep them; the memory cache may.
 func (f *FS) SetCopiedBlocks(drop func(cid.Cid)) {
 	if f.files != nil {
 		f.files.copiedBlocks.Store(&drop)
@@ -346,7 +347,7 @@ func (f *FS) SetCopiedBlocks(drop func(cid.Cid)) {
 // uncache hands the leaves of the copied files of sp to copiedBlocks.
 func (fl *files) uncache(sp *storePath, todo []*narindex.ListingNode) {
 	drop := fl.copiedBlocks.Load()
-	if drop == nil || *drop == nil {
+	if drop == nil || *drop == nil || !sp.fs.opens.Load() {
 		return
 	}
 	fl.wg.Go(func() {

@@ -107,6 +107,9 @@ func TestCopiesUsableOnVerification(t *testing.T) {
 			} else {
 				t.Log("no passthrough on this kernel or for this user: checked the copies only")
 			}
+			if !e.fsys.opens.Load() {
+				return // copies are not served: their blocks stay
+			}
 			l, _ := narindex.ParseListing(ls)
 			big, _ := l.Lookup("share/big")
 			waitFor(t, "the copied blocks offered for dropping", func() bool {
