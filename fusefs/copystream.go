@@ -65,10 +65,9 @@ type copyStream struct {
 type streamState int
 
 const (
-	prefilling streamState = iota // attached; the bytes before the frontier are being read
-	streaming
-	sealed  // complete and its manifest written; being renamed into place
-	aborted // its directory removed
+	streaming streamState = iota
+	sealed                // complete and its manifest written; being renamed into place
+	aborted               // its directory removed
 )
 
 // stream attaches a copy stream to the checker of sp, which serves lazily
@@ -97,24 +96,17 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 		old.abort()
 	}
 	from := sp.chk.Tee(s.write, s.release)
-	start := todo[0].NarOffset
-	if from > start {
+	if start := todo[0].NarOffset; from > start {
 		if err := s.prefill(ctx, start, from); err != nil {
 			fl.log.Debug("local copies of this path will be copied from blocks", "path", sp.base, "err", err)
 			s.release()
-			return
 		}
 	}
-	s.mu.Lock()
-	if s.state == prefilling {
-		s.state = streaming
-	}
-	s.mu.Unlock()
 }
 
 // prefill reads bytes [start, from) of the NAR, which the checker hashed
 // before the stream was attached, and writes them. Bytes that the checker
-// streams meanwhile fail the stream (see write).
+// streams meanwhile leave a gap before them, which fails the stream.
 func (s *copyStream) prefill(ctx context.Context, start, from int64) error {
 	if from-start > prefillMax {
 		return fmt.Errorf("the checker is %d bytes past the first file to copy", from-start)
@@ -129,10 +121,9 @@ func (s *copyStream) prefill(ctx context.Context, start, from int64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.state != prefilling {
+	if s.state != streaming {
 		return s.failure()
 	}
-	s.state = streaming
 	s.writeLocked(start, buf)
 	return s.err
 }
@@ -149,10 +140,7 @@ func (s *copyStream) failure() error {
 func (s *copyStream) write(off int64, p []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.state == prefilling && s.err == nil:
-		s.err = fmt.Errorf("NAR bytes at %d were hashed while earlier ones were read back", off)
-	case s.state == streaming:
+	if s.state == streaming {
 		s.writeLocked(off, p)
 	}
 }

@@ -313,3 +313,44 @@ func TestCopyStreamQuarantined(t *testing.T) {
 		t.Fatalf("copies directory holds %v, want nothing", got)
 	}
 }
+
+// However the hashed bytes are cut (pieces spanning several files, pieces
+// of a few bytes), the copies hold exactly the files' bytes.
+func TestCopyStreamAnyChunking(t *testing.T) {
+	tree := fstest.MapFS{
+		"a": {Data: pattern(256<<10, 1), Mode: 0o444},
+		"b": {Data: []byte("small"), Mode: 0o444},
+		"c": {Data: pattern(300<<10+3, 2), Mode: 0o555},
+		"d": {Data: pattern(256<<10, 3), Mode: 0o444},
+	}
+	nar, ls := makeNar(t, tree)
+	for _, cut := range []int{1 << 20, 256 << 10, 4097, 77, 1} {
+		t.Run(fmt.Sprint(cut), func(t *testing.T) {
+			se := newStreamEnv(t)
+			sp := se.load(t, "cut", nar, ls)
+			for off := 0; off < len(nar); off += cut {
+				sp.chk.OnLeaf(int64(off), nar[off:min(off+cut, len(nar))])
+			}
+			if err := sp.verify(context.Background(), nil); err != nil {
+				t.Fatal(err)
+			}
+			if se.fsys.files.streamed.Load() != 1 {
+				t.Fatal("copies not written from the stream")
+			}
+			dir := filepath.Join(se.filesDir, sp.copiesKey)
+			if err := checkCopies(context.Background(), dir); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"a", "c", "d"} {
+				ln, _ := sp.listing.Lookup(name)
+				got, err := os.ReadFile(filepath.Join(dir, fmt.Sprint(ln.NarOffset)))
+				if err != nil || !bytes.Equal(got, tree[name].Data) {
+					t.Fatalf("copy of %s: %d bytes, %v", name, len(got), err)
+				}
+			}
+			if n := len(filesDirEntries(t, dir)); n != 4 {
+				t.Fatalf("%d files in the copies directory, want 3 copies and the manifest", n)
+			}
+		})
+	}
+}

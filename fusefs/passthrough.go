@@ -27,10 +27,10 @@ import (
 
 // Passthrough: once a store path's NAR has matched its NarHash, its larger
 // files have local copies in FilesDir: written as the NAR was hashed (see
-// copystream.go), or else copied from blocks in the background. An open of such a
-// file hands the kernel the copy (FUSE passthrough, Linux 6.9+, root), and
-// no request reaches this process per read. Where the kernel or the files
-// directory does not allow it, reads take the normal path.
+// copystream.go), or else copied from blocks in the background. An open of
+// such a file hands the kernel the copy (FUSE passthrough, Linux 6.9+,
+// root), and no request reaches this process per read. Where the kernel or
+// the files directory does not allow it, reads take the normal path.
 //
 // Layout, one directory per verified NAR, named by its NarHash:
 //
@@ -39,16 +39,17 @@ import (
 //	FILES/.tmp-*                                 being written; removed at start
 //
 // A directory appears by one rename once every copy in it and the manifest
-// are written. Copies are written from the bytes hashed to match the
-// signed NarHash, or from blocks that matched their CIDs of a NAR that then
-// matched it, and hashed as they are written. Copies written by this process are used at once; a
-// directory found at start is used only after every copy in it has been
-// hashed again against its manifest (in the background, on the first use
-// of a path with that NarHash); until then reads go through verified
-// blocks, and a mismatch drops the directory. Copies are found through the
-// listing the path is served from (itself authenticated), never through a
-// listing saved here. Whole directories are evicted, least recently used
-// first, to stay under quota.
+// are written. Copies hold the bytes that were hashed to match the signed
+// NarHash, or blocks that matched their CIDs of a NAR that then matched
+// it; each is hashed for the manifest as it is written. Copies written by
+// this process are used at once; a directory found at start is used only
+// after every copy in it has been hashed again against its manifest (in
+// the background, on the first use of a path with that NarHash); until
+// then reads go through verified blocks, and a mismatch drops the
+// directory. Copies are found through the listing the path is served
+// from (itself authenticated), never through a listing saved here. Whole
+// directories are evicted, least recently used first, to stay under
+// quota.
 
 // passthroughMin is the smallest file worth a local copy.
 const passthroughMin = 256 << 10

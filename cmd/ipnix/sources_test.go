@@ -4,8 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -89,4 +92,29 @@ func TestDiskBlocksArgs(t *testing.T) {
 	checkMountArgs(t, append(base, "-o", "disk-blocks=never", "/mnt"), func(c *mountConfig) bool { return c.DiskBlocks == diskBlocksNever }, "")
 	checkMountArgs(t, append(base, "--disk-blocks", "sometimes", "/mnt"), nil, `"sometimes" is not one of auto, always, never`)
 	checkMountArgs(t, append(base, "-o", "disk-blocks", "/mnt"), nil, "needs a value")
+}
+
+// Source addresses come from flags and -o: any string is classified,
+// never a panic, and only what names this machine counts as local.
+func FuzzLocalSources(f *testing.F) {
+	for _, s := range []string{"http://127.0.0.1:8080", "http://[::1]:1", "/unix/x", "/ip4/127.0.0.1/tcp/5001", "http://localhost", "https://ipfs.io", "", "%", "/ip6zone/x/ip6/::1/tcp/1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if loopbackURL(s) {
+			p, err := url.Parse(s)
+			if err != nil {
+				t.Fatalf("%q counted as loopback but does not parse", s)
+			}
+			h := p.Hostname()
+			if ip := net.ParseIP(h); !strings.EqualFold(h, "localhost") && (ip == nil || !ip.IsLoopback()) {
+				t.Fatalf("%q counted as loopback: host %q", s, h)
+			}
+		}
+		localKubo(s)
+		var d diskBlocks
+		if (diskBlocksValue{&d}).Set(s) == nil && d != diskBlocksAuto && d != diskBlocksAlways && d != diskBlocksNever {
+			t.Fatalf("--disk-blocks %q accepted as %q", s, d)
+		}
+	})
 }
