@@ -15,19 +15,22 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/narindex"
 )
 
 // Passthrough: once a store path's NAR has matched its NarHash, its larger
-// files are copied, in the background, into FilesDir. An open of such a
-// file hands the kernel the copy (FUSE passthrough, Linux 6.9+, root), and
-// no request reaches this process per read. Where the kernel or the files
-// directory does not allow it, reads take the normal path.
+// files have local copies in FilesDir: written as the NAR was hashed (see
+// copystream.go), or else copied from blocks in the background. An open of
+// such a file hands the kernel the copy (FUSE passthrough, Linux 6.9+,
+// root), and no request reaches this process per read. Where the kernel or
+// the files directory does not allow it, reads take the normal path.
 //
 // Layout, one directory per verified NAR, named by its NarHash:
 //
@@ -36,16 +39,17 @@ import (
 //	FILES/.tmp-*                                 being written; removed at start
 //
 // A directory appears by one rename once every copy in it and the manifest
-// are written and synced. Copies are written from blocks that matched
-// their CIDs of a NAR that then matched the signed NarHash, and hashed as
-// they are written. Copies written by this process are used at once; a
-// directory found at start is used only after every copy in it has been
-// hashed again against its manifest (in the background, on the first use
-// of a path with that NarHash); until then reads go through verified
-// blocks, and a mismatch drops the directory. Copies are found through the
-// listing the path is served from (itself authenticated), never through a
-// listing saved here. Whole directories are evicted, least recently used
-// first, to stay under quota.
+// are written. Copies hold the bytes that were hashed to match the signed
+// NarHash, or blocks that matched their CIDs of a NAR that then matched
+// it; each is hashed for the manifest as it is written. Copies written by
+// this process are used at once; a directory found at start is used only
+// after every copy in it has been hashed again against its manifest (in
+// the background, on the first use of a path with that NarHash); until
+// then reads go through verified blocks, and a mismatch drops the
+// directory. Copies are found through the listing the path is served
+// from (itself authenticated), never through a listing saved here. Whole
+// directories are evicted, least recently used first, to stay under
+// quota.
 
 // passthroughMin is the smallest file worth a local copy.
 const passthroughMin = 256 << 10
@@ -69,9 +73,15 @@ type files struct {
 	mu      sync.Mutex
 	lru     *simplelru.LRU[string, int64] // NarHash (nix32) -> bytes, oldest first
 	used    int64
-	busy    map[string]bool      // being written
+	busy    map[string]bool // being written from blocks
+	streams map[string]*copyStream
 	state   map[string]copyState // absent: written by this process, or checked
 	checked map[string]bool      // "<dir>/<offset>": copies checked one by one
+
+	// copiedBlocks, if set, is told the blocks copies now hold (see
+	// FS.SetCopiedBlocks).
+	copiedBlocks atomic.Pointer[func(cid.Cid)]
+	streamed     atomic.Int64 // directories written from the checker's stream
 }
 
 // copyState is where a directory found at start stands.
@@ -98,7 +108,7 @@ func openFiles(dir string, quota int64, log *slog.Logger, stats *Stats) (*files,
 	lru, _ := simplelru.NewLRU[string, int64](math.MaxInt, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	fl := &files{dir: dir, quota: quota, log: log, stats: stats, ctx: ctx, cancel: cancel, lru: lru,
-		busy: map[string]bool{}, state: map[string]copyState{}, checked: map[string]bool{}}
+		busy: map[string]bool{}, streams: map[string]*copyStream{}, state: map[string]copyState{}, checked: map[string]bool{}}
 	type found struct {
 		name string
 		size int64
@@ -202,6 +212,9 @@ func (fl *files) drop(nh string) {
 }
 
 func (fl *files) dropLocked(nh string) {
+	if s := fl.takeStreamLocked(nh); s != nil {
+		s.abort()
+	}
 	delete(fl.state, nh)
 	for k := range fl.checked {
 		if strings.HasPrefix(k, nh+"/") {
@@ -233,14 +246,29 @@ func copyable(sp *storePath) ([]*narindex.ListingNode, int64) {
 	return out, total
 }
 
-// materialize starts writing the copies of verified store path sp, unless
-// they exist, are being written, or do not fit.
+// materialize makes the copies of store path sp, verified this moment,
+// usable: those its copy stream wrote, at once, or else it starts copying
+// them from blocks, unless they exist, are being written, or do not fit.
 func (fl *files) materialize(sp *storePath) {
+	nh := sp.copiesKey
+	fl.mu.Lock()
+	s := fl.streams[nh]
+	fl.mu.Unlock()
+	if s != nil && s.sp == sp {
+		err := s.finish()
+		if err == nil {
+			fl.streamed.Add(1)
+			sp.fs.Stats.LocalCopies.Add(1)
+			fl.log.Debug("local copies written as the NAR was verified", "path", sp.base, "files", len(s.todo), "bytes", s.total)
+			fl.uncache(sp, s.todo)
+			return
+		}
+		fl.log.Debug("local copies not written from the verified stream; copying from blocks", "path", sp.base, "err", err)
+	}
 	todo, total := copyable(sp)
 	if len(todo) == 0 || total > fl.quota {
 		return
 	}
-	nh := sp.copiesKey
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	if fl.lru.Contains(nh) || fl.busy[nh] || fl.ctx.Err() != nil {
@@ -259,6 +287,7 @@ func (fl *files) materialize(sp *storePath) {
 		}
 		sp.fs.Stats.LocalCopies.Add(1)
 		fl.log.Debug("local copies written", "path", sp.base, "files", len(todo), "bytes", total, "took", time.Since(start))
+		fl.uncache(sp, todo)
 	})
 }
 
@@ -368,5 +397,6 @@ func (fl *files) close() {
 		fl.log.Warn("abandoning local copies still being written", "after", copyGrace)
 	}
 	fl.cancel()
+	fl.stopStreams()
 	fl.wg.Wait()
 }

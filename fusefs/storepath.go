@@ -203,6 +203,9 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		}
 		sp.chk.Serve(sp.listing)
 		sp.pages.lazy.Store(true)
+		if f.files != nil {
+			f.files.stream(bctx, sp) // copies written as the NAR is hashed
+		}
 	}
 	if err := sp.number(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", narindex.ErrRejected, base, err)

@@ -202,13 +202,14 @@ func TestStaleMountCleared(t *testing.T) {
 	}
 }
 
-// With --cache-dir, a remount serves what was read before from disk, even
-// with kubo gone; large files of verified paths go through passthrough.
+// With --cache-dir and blocks kept on disk (always: this kubo is local), a
+// remount serves what was read before from disk, even with kubo gone;
+// large files of verified paths go through passthrough.
 func TestDiskCacheAcrossRemount(t *testing.T) {
 	p := publishClosure(t)
 	cacheDir := t.TempDir()
 	lib := p.closure.path(t, "ipnix-test-lib")
-	args := []string{"--cache-dir", cacheDir, "--cache-size", "1GiB"}
+	args := []string{"--cache-dir", cacheDir, "--cache-size", "1GiB", "--disk-blocks", "always"}
 	m := p.mount(t, args...)
 	root := filepath.Join(m.dir, filepath.Base(lib))
 	if err := readTree(root); err != nil {

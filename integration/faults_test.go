@@ -670,7 +670,7 @@ func (e *faultEnv) diskCache(t *testing.T) {
 	const off, size = 4 << 20, 1 << 20
 	want := truth(t, e.big, "large.bin")
 	cacheDir := t.TempDir()
-	args := []string{"--cache-dir", cacheDir, "--cache-size", "1GiB"}
+	args := []string{"--cache-dir", cacheDir, "--cache-size", "1GiB", "--disk-blocks", "always"}
 	good := func(t *testing.T) *mount {
 		return e.mount(t, e.p.kubo.api, []string{e.p.kubo.Gateway}, e.p.cache, args...)
 	}

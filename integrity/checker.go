@@ -102,6 +102,8 @@ type Checker struct {
 	ahead      map[int64][]byte
 	aheadBytes int64
 	budget     *Budget
+	tee        func(off int64, p []byte) // see Tee
+	untee      func()
 }
 
 // New returns the checker of a NAR of size bytes that must hash to want.
@@ -197,7 +199,26 @@ func (c *Checker) feed(data []byte) {
 	}
 	c.hasher.Write(data)
 	c.parser.Write(data) // an error is kept and returned by Finish
+	if c.tee != nil {
+		c.tee(c.hashedTo, data)
+	}
 	c.hashedTo += int64(len(data))
+}
+
+// Tee hands w, from now on, every byte the checker hashes, in NAR order
+// (off is the NAR offset of p[0]), each before the hash is compared: once
+// Verify has succeeded, w has seen every byte from the offset Tee returns
+// to the end of the NAR (the bytes before it were hashed already). w is
+// called with the checker's lock held, so it must not call into the
+// checker; it may keep p, which is never modified. Release stops the tee
+// and then calls released, if not nil. A later Tee replaces an earlier one.
+func (c *Checker) Tee(w func(off int64, p []byte), released func()) int64 {
+	c.verifyMu.Lock() // Verify owns the hasher without hmu
+	defer c.verifyMu.Unlock()
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.tee, c.untee = w, released
+	return c.hashedTo
 }
 
 // NoteRead records that bytes [off, end) of regular file n of the served
@@ -358,11 +379,17 @@ func (c *Checker) dropAhead() {
 }
 
 // Release lets go of what the checker keeps for a path that is no longer
-// served (its listing dropped): the leaves kept ahead of its frontier.
+// served (its listing dropped): the leaves kept ahead of its frontier, and
+// its tee (see Tee).
 func (c *Checker) Release() {
 	c.verifyMu.Lock() // Verify owns the hasher without hmu
-	defer c.verifyMu.Unlock()
 	c.hmu.Lock()
-	defer c.hmu.Unlock()
 	c.dropAhead()
+	released := c.untee
+	c.tee, c.untee = nil, nil
+	c.hmu.Unlock()
+	c.verifyMu.Unlock()
+	if released != nil {
+		released()
+	}
 }

@@ -50,6 +50,7 @@ type mountConfig struct {
 	MemoryCache        int64
 	CacheDir           string
 	CacheSize          int64
+	DiskBlocks         diskBlocks
 	Readahead          int64
 	BatchFetch         bool
 	RangeFetch         string
@@ -101,9 +102,11 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
 	c.MemoryCache = defaultMemoryCache
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
-	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (verified blocks, and local copies of verified files for FUSE passthrough); none if empty")
+	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (local copies of verified files for FUSE passthrough, and verified blocks: see --disk-blocks); none if empty")
 	c.CacheSize = defaultCacheSize
-	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk cache may hold")
+	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk cache may hold (half for blocks, half for local copies; all for local copies when blocks are not kept)")
+	c.DiskBlocks = diskBlocksAuto
+	fs.Var(diskBlocksValue{&c.DiskBlocks}, "disk-blocks", diskBlocksHelp)
 	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
@@ -344,7 +347,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()}, log)
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()}, log)
 	if err != nil {
 		return err
 	}
@@ -356,12 +359,16 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		readahead = -1 // off
 	}
 	var filesDir string
+	filesQuota := c.CacheSize
 	if c.CacheDir != "" {
 		filesDir = filepath.Join(c.CacheDir, "files")
 	}
+	if disk != nil {
+		filesQuota = c.CacheSize - c.CacheSize/2
+	}
 	fsys, err := fusefs.New(fusefs.Config{
 		FilesDir:      filesDir,
-		FilesQuota:    c.CacheSize / 2,
+		FilesQuota:    filesQuota,
 		Resolver:      res,
 		OnListings:    onListings,
 		Blocks:        mem,
@@ -378,6 +385,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer fsys.Close()
+	if disk != nil {
+		// A block whose bytes a local copy holds need not be on disk twice.
+		fsys.SetCopiedBlocks(disk.Remove)
+	}
 	closure, roots, err := preloadClosures(ctx, c, res, fsys, stderr)
 	if err != nil {
 		return err

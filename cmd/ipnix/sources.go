@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
+	"strings"
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
@@ -22,8 +25,73 @@ type blockFlags struct {
 	BlockTimeout time.Duration
 	CacheDir     string
 	DiskBytes    int64 // quota of the disk block store under CacheDir
+	DiskBlocks   diskBlocks
 	MemoryBytes  int64
 	RangeFetch   string // bytes, car or off (see --range-fetch)
+}
+
+// diskBlocks says when verified blocks are kept on disk under --cache-dir.
+type diskBlocks string
+
+const (
+	// diskBlocksAuto keeps them when a block source is remote. A kubo
+	// whose API is on loopback or a unix socket, and a gateway on
+	// loopback, are local: the node's blockstore already holds every
+	// block it hands out (it stores what it fetches from the network), so
+	// a second copy would cost a disk write per byte read and buy
+	// nothing.
+	diskBlocksAuto   diskBlocks = "auto"
+	diskBlocksAlways diskBlocks = "always"
+	diskBlocksNever  diskBlocks = "never"
+)
+
+const diskBlocksHelp = "keep verified blocks on disk under --cache-dir: auto keeps them only when a block source is remote (a --gateway or --api neither on loopback nor a unix socket), since a local kubo's blockstore already holds every block it serves and a second copy would only double the disk writes; always; never"
+
+// diskBlocksValue is the pflag.Value of --disk-blocks.
+type diskBlocksValue struct{ p *diskBlocks }
+
+func (v diskBlocksValue) String() string {
+	if v.p == nil || *v.p == "" {
+		return string(diskBlocksAuto)
+	}
+	return string(*v.p)
+}
+
+func (v diskBlocksValue) Set(s string) error {
+	switch d := diskBlocks(s); d {
+	case diskBlocksAuto, diskBlocksAlways, diskBlocksNever:
+		*v.p = d
+		return nil
+	}
+	return fmt.Errorf("%q is not one of auto, always, never", s)
+}
+
+func (v diskBlocksValue) Type() string { return "auto|always|never" }
+
+// loopbackURL reports whether URL u names a host on this machine only:
+// localhost, 127.0.0.0/8 or ::1. Names are not resolved: any other name
+// counts as remote.
+func loopbackURL(u string) bool {
+	p, err := url.Parse(u)
+	if err != nil {
+		return false
+	}
+	host := p.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// localKubo reports whether the kubo RPC API at addr (see
+// fetch.KuboAPIURL) is on this machine: a unix socket or loopback.
+func localKubo(addr string) bool {
+	u, sock, err := fetch.KuboAPIURL(addr)
+	if err != nil {
+		return false
+	}
+	return sock != "" || loopbackURL(u)
 }
 
 // blockStack is the read path below a mount or a server: each source
@@ -32,9 +100,10 @@ type blockFlags struct {
 type blockStack struct {
 	fetched fetch.Stats
 	mem     *cache.Memory
-	disk    *cache.Disk       // nil without --cache-dir
+	disk    *cache.Disk       // nil without --cache-dir, or when blocks are not kept on disk
 	batch   *fetch.Batch      // nil with --range-fetch off or no gateway
 	names   []string          // the sources, in the order asked
+	remote  []string          // the sources not on this machine
 	top     fetch.BlockGetter // mem
 }
 
@@ -63,6 +132,9 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		}
 		sources = append(sources, fetch.Verify(gw, &st.fetched))
 		st.names = append(st.names, gw.String())
+		if !loopbackURL(u) {
+			st.remote = append(st.remote, gw.String())
+		}
 		if st.batch == nil {
 			if st.batch, err = st.rangeFetcher(f.RangeFetch, gw, log); err != nil {
 				return nil, err
@@ -74,16 +146,21 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	}
 	sources = append(sources, fetch.Verify(kubo, &st.fetched))
 	st.names = append(st.names, kubo.String())
+	if !localKubo(f.API) {
+		st.remote = append(st.remote, kubo.String())
+	}
 	// A block that no source delivered in time fails again at once for a
 	// few seconds: the kernel's immediate retries of a failed read must
 	// not each wait the whole --read-timeout.
 	var below fetch.BlockGetter = fetch.RememberFailures(sources, fetch.DefaultFailureMemory)
-	if f.CacheDir != "" {
+	if st.keepBlocks(f) {
 		st.disk, err = cache.OpenDisk(f.CacheDir, f.DiskBytes, below)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--cache-dir: %w", err)}
 		}
 		below = st.disk
+	} else if f.CacheDir != "" && f.DiskBlocks != diskBlocksNever {
+		log.Info("not keeping blocks on disk: every block source is on this machine, whose kubo blockstore holds them already (--disk-blocks=always keeps them anyway)", "sources", strings.Join(st.names, ", "))
 	}
 	st.mem = cache.NewMemory(below, f.MemoryBytes)
 	if st.batch != nil {
@@ -129,6 +206,17 @@ func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Log
 			}}, nil
 	}
 	return nil, usageError{fmt.Errorf("--range-fetch %q: want bytes, car or off", mode)}
+}
+
+// keepBlocks decides whether verified blocks go to disk (see diskBlocks).
+func (st *blockStack) keepBlocks(f blockFlags) bool {
+	switch {
+	case f.CacheDir == "" || f.DiskBlocks == diskBlocksNever:
+		return false
+	case f.DiskBlocks == diskBlocksAlways || len(st.remote) > 0:
+		return true
+	}
+	return false
 }
 
 // evict drops a block from every cache.
