@@ -63,7 +63,8 @@ func parseServeArgs(args []string, out io.Writer) (*serveConfig, error) {
 	fs.StringArrayVar(&c.Blocks.Gateways, "gateway", nil, "HTTP trustless gateway asked for blocks before the RPC API (repeatable)")
 	c.Blocks.MemoryBytes = 64 << 20
 	fs.Var(sizeValue{&c.Blocks.MemoryBytes}, "memory-cache", "bytes of blocks kept in memory")
-	fs.StringVar(&c.Blocks.CacheDir, "cache-dir", "", "directory for an on-disk block cache; none if empty")
+	fs.StringVar(&c.Blocks.CacheDir, "cache-dir", "", "directory for an on-disk block cache (see --disk-blocks); none if empty")
+	fs.Var(diskBlocksValue{&c.Blocks.DiskBlocks}, "disk-blocks", diskBlocksHelp)
 	c.CacheSize = 10 << 30
 	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the on-disk block cache may hold")
 	fs.DurationVar(&c.ReadTimeout, "read-timeout", defaultReadTimeout, "longest wait for the blocks of one piece of a response before it fails")
