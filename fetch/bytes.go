@@ -167,3 +167,6 @@ func sourceName(src any) string {
 	}
 	return "range source"
 }
+
+// isRaw reports whether l is a raw block, whose bytes are the file's.
+func isRaw(l LeafRange) bool { return l.Cid.Type() == cid.Raw }

@@ -267,3 +267,60 @@ func TestPrefetcherRangesFallBackToBlocks(t *testing.T) {
 		t.Fatalf("6 MiB read with read-ahead took %d ranged and %d block requests", rg.ranges.Load(), rg.blocks.Load())
 	}
 }
+
+// Stream delivers every leaf of a range in order from one request, each
+// checked against its CID; it stops at the first slice that does not
+// match, at a leaf that is not raw, and when put says so.
+func TestStream(t *testing.T) {
+	ctx := context.Background()
+	rg, gw, f := newRangeGateway(t, 20<<20+5, fetchtest.Options{ChunkSize: 256 << 10, RawLeaves: true, MaxLinks: 16})
+	var got []fetch.LeafRange
+	var announced int
+	end, err := f.Stream(ctx, gw, 3<<20+7, 20<<20+5, func(ls []fetch.LeafRange) { announced += len(ls) },
+		func(l fetch.LeafRange, b blocks.Block) error {
+			if !bytes.Equal(b.RawData(), rg.data[l.Start:l.Start+l.Size]) || !b.Cid().Equals(l.Cid) {
+				t.Fatalf("leaf at %d: wrong block", l.Start)
+			}
+			if n := len(got); n > 0 && got[n-1].Start+got[n-1].Size != l.Start {
+				t.Fatalf("leaf at %d after leaf at %d", l.Start, got[n-1].Start)
+			}
+			got = append(got, l)
+			return nil
+		})
+	if err != nil || end != 20<<20+5 || got[0].Start != 3<<20 || announced != len(got) {
+		t.Fatalf("stream: end %d, first %d, %d leaves (%d announced): %v", end, got[0].Start, len(got), announced, err)
+	}
+	if rg.ranges.Load() != 1 {
+		t.Fatalf("%d requests for one stream", rg.ranges.Load())
+	}
+
+	// Tampered in the middle: the leaves before arrive, then a mismatch.
+	rg.tamper = func(from int64, b []byte) { b[10<<20-from] ^= 1 }
+	n := 0
+	end, err = f.Stream(ctx, gw, 0, 20<<20, nil, func(fetch.LeafRange, blocks.Block) error { n++; return nil })
+	if !errors.Is(err, fetch.ErrHashMismatch) || end != 10<<20 || n != 40 {
+		t.Fatalf("tampered stream: end %d after %d leaves: %v", end, n, err)
+	}
+	rg.tamper = nil
+
+	// put stops it.
+	stop := errors.New("enough")
+	end, err = f.Stream(ctx, gw, 0, 20<<20, nil, func(l fetch.LeafRange, _ blocks.Block) error {
+		if l.Start >= 1<<20 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || end != 1<<20 {
+		t.Fatalf("stopped stream: end %d: %v", end, err)
+	}
+
+	// dag-pb leaves cannot be streamed, and no request is made for them.
+	rg2, gw2, f2 := newRangeGateway(t, 2<<20, fetchtest.Options{ChunkSize: 256 << 10, RawLeaves: false, MaxLinks: 16})
+	if _, err := f2.Stream(ctx, gw2, 0, 2<<20, nil, func(fetch.LeafRange, blocks.Block) error { return nil }); !errors.Is(err, fetch.ErrNotRawLeaves) {
+		t.Fatalf("stream of dag-pb leaves: %v", err)
+	}
+	if rg2.ranges.Load() != 0 {
+		t.Fatal("a request was made for leaves that cannot be streamed")
+	}
+}

@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -277,6 +278,59 @@ type Batch struct {
 	// OnError, if set, is told of each run that failed (its blocks are
 	// then fetched one by one).
 	OnError func(error)
+	// Stream, if set, streams the leaves of a byte range in one request
+	// (see File.Stream), handing each verified leaf to put.
+	Stream func(ctx context.Context, f *File, from, to int64, resolved func([]LeafRange), put func(LeafRange, blocks.Block) error) (int64, error)
+}
+
+// ErrNoStream is returned by Prefetcher.Stream when the source cannot
+// stream.
+var ErrNoStream = errors.New("no streaming source")
+
+// Stream streams the leaves holding bytes [from, to) of f in one request
+// (Batch.Stream), storing each as read-ahead does and handing it to f's
+// leaf hook. Before each leaf, pace(start) may wait, or stop the stream
+// by returning an error. It returns the end of the last leaf delivered;
+// ErrNoStream when there is no streaming source, an error wrapping
+// ErrNotRawLeaves where the leaves cannot be streamed.
+func (p *Prefetcher) Stream(ctx context.Context, f *File, from, to int64, pace func(int64) error) (int64, error) {
+	b := p.batch
+	if b == nil || b.Stream == nil {
+		return from, ErrNoStream
+	}
+	// Readers asking for leaves the stream has resolved wait for them
+	// rather than fetching them again.
+	deliver := map[string]func(blocks.Block){}
+	defer func() {
+		for _, d := range deliver {
+			d(nil)
+		}
+	}()
+	resolved := func(leaves []LeafRange) {
+		if b.Expect == nil {
+			return
+		}
+		for _, l := range leaves {
+			if d := b.Expect(l.Cid); d != nil {
+				deliver[l.Cid.KeyString()] = d
+			}
+		}
+	}
+	return b.Stream(Background(ctx), f, from, to, resolved, func(l LeafRange, blk blocks.Block) error {
+		if err := pace(l.Start); err != nil {
+			return err
+		}
+		k := l.Cid.KeyString()
+		if d := deliver[k]; d != nil {
+			d(blk)
+			delete(deliver, k)
+		} else if (b.Held == nil || !b.Held(l.Cid)) && b.Put != nil {
+			b.Put(blk)
+		}
+		p.Stats.Blocks.Add(1)
+		f.Offer(l, blk)
+		return nil
+	})
 }
 
 // SetBatch makes the prefetcher fetch runs of several leaves through b,

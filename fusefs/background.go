@@ -3,11 +3,13 @@ package fusefs
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -37,6 +39,9 @@ const (
 	// entries, not a file skipped (a compiler reading some files of a
 	// directory and not its tests is not walking it).
 	walkSlack = 4 << 10
+	// walkBytes read one after the other in one file make the rest of
+	// that file fetched in the background.
+	walkBytes = 16 << 20
 	// walkChunk is what the walker asks for in one go.
 	walkChunk = 4 << 20
 	// walkIdle ends a walk whose reader stopped.
@@ -58,11 +63,13 @@ type walk struct {
 	files int                   // files read one after the other in NAR order
 	front atomic.Int64          // furthest NAR offset read
 	on    atomic.Bool           // a walker runs
-	done  atomic.Bool           // a walker reached the end: none again
+	done  atomic.Int64          // the limit a walker reached: none again below it
 	moved chan struct{}         // signalled (non-blocking) when front moves
 	// byOffset: the listing's non-empty files in NAR order, built on the
 	// first gap (under mu).
 	byOffset []*narindex.ListingNode
+	bytes    int64        // bytes read one after the other in the current file
+	limit    atomic.Int64 // where the walk stops: the end of a file, or of the NAR
 }
 
 // WalkStats counts background fetch work.
@@ -93,13 +100,26 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
 	}
 	switch {
 	case !sequential:
-		w.files = 0
+		w.files, w.bytes = 0, 0
 	case ln != w.last:
 		w.files += 1 + skipped
+		w.bytes = end - off
+	default:
+		w.bytes += end - off
 	}
 	w.last, w.next = ln, end
-	start := w.files >= walkFiles
+	var limit int64
+	switch {
+	case w.files >= walkFiles:
+		limit = sp.nar.Size() // a walk: the rest of the path
+	case w.bytes >= walkBytes:
+		limit = ln.NarOffset + ln.Size // one large file read on: the rest of it
+	}
 	w.mu.Unlock()
+	if limit > w.limit.Load() {
+		w.limit.Store(limit) // races only with itself; a walker reads it between streams
+	}
+	start := limit > 0
 	if end > w.front.Load() {
 		w.front.Store(end)
 		select {
@@ -107,7 +127,7 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
 		default:
 		}
 	}
-	if start && f.cfg.WalkAhead >= 0 && f.prefetch != nil && !w.on.Load() && !w.done.Load() && !sp.quarantined() {
+	if start && limit > w.done.Load() && f.cfg.WalkAhead >= 0 && f.prefetch != nil && !w.on.Load() && !sp.quarantined() {
 		f.startWalk(sp)
 	}
 	return from
@@ -170,64 +190,103 @@ func (f *FS) startWalk(sp *storePath) {
 			<-f.walkers
 			f.bg.Done()
 		}()
-		if sp.runWalk(f.bgCtx) {
-			sp.walk.done.Store(true)
+		if reached := sp.runWalk(f.bgCtx); reached > 0 {
+			sp.walk.done.Store(reached)
 		} else {
 			f.Walks.Stopped.Add(1)
 		}
 	}()
 }
 
-// runWalk fetches the NAR from the reader's front to its end, paced as
-// described above. It reports whether it reached the end.
-func (sp *storePath) runWalk(ctx context.Context) bool {
+// errWalkStopped ends a stream the walk no longer wants.
+var errWalkStopped = errors.New("walk stopped")
+
+// runWalk fetches the NAR from the reader's front to the walk's limit
+// (which may grow while it runs), paced as described above: one streaming
+// request when the source can stream, else a request per walkChunk. It
+// returns the limit it reached, 0 when it stopped before.
+func (sp *storePath) runWalk(ctx context.Context) int64 {
 	f, w := sp.fs, &sp.walk
 	size := sp.nar.Size()
 	ahead := min(f.cfg.WalkAhead, size) // no overflow in front+ahead
-	pos := w.front.Load()
 	idle := time.NewTimer(walkIdle)
 	defer idle.Stop()
-	for pos < size {
-		if ctx.Err() != nil || sp.quarantined() {
-			return false
-		}
-		if front := w.front.Load(); pos < front {
-			pos = front // the reader overtook the walk
-			continue
-		}
-		if ahead > 0 && pos >= w.front.Load()+ahead {
-			idle.Reset(walkIdle)
-			select {
-			case <-w.moved:
-				continue
-			case <-idle.C:
-				return false
-			case <-ctx.Done():
-				return false
-			}
-		}
-		// Readers waiting for blocks not on their way go first.
+	// yield waits while readers wait for blocks not on their way (a
+	// bounded while): called between requests, never inside a stream,
+	// whose next leaves readers may be waiting for.
+	yield := func() {
 		for tries := 0; f.cfg.Demand != nil && f.cfg.Demand() > 0 && tries < 10; tries++ {
 			f.Walks.Yields.Add(1)
 			select {
 			case <-time.After(walkYield):
 			case <-ctx.Done():
-				return false
 			}
 		}
-		end := min(pos+walkChunk, size)
+	}
+	// pace waits until the walk may fetch at p: not too far ahead of the
+	// reader.
+	pace := func(p int64) error {
+		for ahead > 0 && p >= w.front.Load()+ahead {
+			if ctx.Err() != nil || sp.quarantined() {
+				return errWalkStopped
+			}
+			idle.Reset(walkIdle)
+			select {
+			case <-w.moved:
+			case <-idle.C:
+				return errWalkStopped
+			case <-ctx.Done():
+				return errWalkStopped
+			}
+		}
+		if ctx.Err() != nil || sp.quarantined() {
+			return errWalkStopped
+		}
+		return nil
+	}
+	pos := w.front.Load()
+	stream := true
+	for {
+		limit := min(w.limit.Load(), size)
+		pos = max(pos, w.front.Load()) // the reader may have overtaken the walk
+		if pos >= limit {
+			return limit
+		}
+		yield()
+		if err := pace(pos); err != nil {
+			return 0
+		}
+		if stream {
+			end, err := f.prefetch.Stream(ctx, sp.nar, pos, limit, pace)
+			f.Walks.Bytes.Add(max(end, pos) - pos)
+			pos = max(pos, end)
+			switch {
+			case err == nil:
+				continue // the limit may have grown
+			case errors.Is(err, errWalkStopped):
+				return 0
+			case errors.Is(err, fetch.ErrNoStream), errors.Is(err, fetch.ErrNotRawLeaves):
+				stream = false // a request per chunk from here
+			default:
+				f.log.Debug("background fetch stopped", "path", sp.base, "at", pos, "err", err)
+				return 0
+			}
+		}
+		end := min(pos+walkChunk, limit)
 		if ahead > 0 {
 			end = min(end, w.front.Load()+ahead)
+		}
+		if end <= pos {
+			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, f.cfg.ReadTimeout)
 		err := f.prefetch.FetchNow(cctx, sp.nar, pos, end)
 		cancel()
 		if err != nil {
 			f.log.Debug("background fetch stopped", "path", sp.base, "at", pos, "err", err)
-			return false
+			return 0
 		}
 		f.Walks.Bytes.Add(end - pos)
 		pos = end
 	}
-	return true
 }

@@ -113,7 +113,7 @@ func TestBackgroundFetchOfWalk(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, "the walk to end", func() bool { return sp.walk.done.Load() })
+	waitFor(t, "the walk to end", func() bool { return sp.walk.done.Load() == int64(len(nar)) })
 	if e.fsys.Walks.Stopped.Load() != 0 {
 		t.Fatal("walk counted as stopped")
 	}
@@ -160,7 +160,7 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	if n := e.store.Gets.Load() - gets; n > 1 {
 		t.Fatalf("%d blocks fetched after the walk stopped", n)
 	}
-	if sp.walk.done.Load() {
+	if sp.walk.done.Load() != 0 {
 		t.Fatal("a stopped walk counted as done")
 	}
 

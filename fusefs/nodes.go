@@ -367,14 +367,19 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		sp.fs.Stats.PassthroughFellBack.Add(1)
 	}
 	if sp.fs.prefetch != nil {
-		ra, stop := f.readahead(fh)
-		if from, to := ra.Observe(off, end-off, size); to > from {
-			sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+from, f.ln.NarOffset+to, stop)
-		}
 		nOff, nEnd := f.ln.NarOffset+off, f.ln.NarOffset+end
 		nOff = sp.noteWalk(f.ln, nOff, nEnd)
-		if from, to := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size()); to > from {
-			sp.fs.prefetch.Prefetch(sp.nar, from, to, sp.quarantined)
+		ra, stop := f.readahead(fh)
+		raFrom, raTo := ra.Observe(off, end-off, size)
+		narFrom, narTo := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size())
+		// A walk in the background fetches what lies ahead, up to its limit.
+		if !sp.walk.on.Load() || nEnd >= sp.walk.limit.Load() {
+			if raTo > raFrom {
+				sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+raFrom, f.ln.NarOffset+raTo, stop)
+			}
+			if narTo > narFrom {
+				sp.fs.prefetch.Prefetch(sp.nar, narFrom, narTo, sp.quarantined)
+			}
 		}
 	}
 	// One bound for the whole read, whatever the DAG depth and sources.
