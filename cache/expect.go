@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"time"
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
@@ -56,8 +57,15 @@ func (m *Memory) Expect(c cid.Cid) func(blocks.Block) {
 	}
 }
 
+// maxExpectWait bounds how long a reader waits for a block on its way
+// before fetching it itself.
+const maxExpectWait = 5 * time.Second
+
 // awaitExpected waits for the block key if it is expected; it returns its
-// bytes, or nil when it is not expected or did not come.
+// bytes, or nil when it is not expected or did not come. A reader waits
+// at most half the time it has left (and maxExpectWait): a stream that
+// trickles must not spend the whole of a read that another source could
+// serve.
 func (m *Memory) awaitExpected(ctx context.Context, key string) ([]byte, error) {
 	m.mu.Lock()
 	e := m.pending[key]
@@ -65,9 +73,18 @@ func (m *Memory) awaitExpected(ctx context.Context, key string) ([]byte, error) 
 	if e == nil {
 		return nil, nil
 	}
+	wait := maxExpectWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-e.done:
 		return e.data, nil
+	case <-t.C:
+		m.Stats.ExpectTimeouts.Add(1)
+		return nil, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

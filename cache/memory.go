@@ -19,6 +19,9 @@ type Stats struct {
 	Hits      atomic.Int64
 	Misses    atomic.Int64
 	Evictions atomic.Int64
+	// ExpectTimeouts counts readers that stopped waiting for a block on its
+	// way (a ranged fetch) and fetched it themselves.
+	ExpectTimeouts atomic.Int64
 }
 
 // Memory is a byte-bounded LRU of blocks in front of another BlockGetter.
