@@ -132,7 +132,7 @@ func (p *Prefetcher) plan(ctx context.Context, j prefetchJob) ([]prefetchJob, er
 	}
 	var jobs []prefetchJob
 	batched := map[int64]bool{} // leaf starts queued in a run
-	if p.batch != nil {
+	if p.batch != nil && p.batch.Fetch != nil {
 		for _, run := range Runs(leaves, held) {
 			if len(run) < 2 {
 				continue
@@ -265,7 +265,7 @@ func (p *Prefetcher) afterRun(j prefetchJob, err error, undelivered map[string]f
 type Batch struct {
 	// Fetch fetches one run of contiguous leaves (see Runs), handing each
 	// block that arrived and matched its CID to put. FetchBytes and
-	// FetchRange do this.
+	// FetchRange do this. May be nil (no runs, blocks one by one).
 	Fetch func(ctx context.Context, f *File, run []LeafRange, put func(blocks.Block)) (int, error)
 	// Held reports a block held already, which is not fetched again. May
 	// be nil.

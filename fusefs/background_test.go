@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/fetch"
@@ -175,4 +177,68 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 		t.Fatalf("walk not stopped by close (stopped %d)", e.fsys.Walks.Stopped.Load())
 	}
 	t.Logf("walk stopped %v after close", time.Since(start))
+}
+
+// narBytes serves byte ranges of one NAR, as a gateway does, counting the
+// requests; flip, when set, is a NAR offset whose byte it sends wrong.
+type narBytes struct {
+	nar      []byte
+	requests atomic.Int64
+	flip     atomic.Int64 // 0: none
+}
+
+func (s *narBytes) GetBytes(ctx context.Context, root cid.Cid, from, to int64) (io.ReadCloser, error) {
+	s.requests.Add(1)
+	b := bytes.Clone(s.nar[from:to])
+	if at := s.flip.Load(); at > from && at < to {
+		b[at-from] ^= 1
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// A walk streams the rest of the path in one request; a stream whose bytes
+// do not match stops the walk, and readers still get the right bytes.
+func TestBackgroundFetchStreams(t *testing.T) {
+	for _, tampered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tampered=%v", tampered), func(t *testing.T) {
+			src := &narBytes{}
+			batch := &fetch.Batch{Stream: func(ctx context.Context, f *fetch.File, from, to int64, resolved func([]fetch.LeafRange), put func(fetch.LeafRange, blocks.Block) error) (int64, error) {
+				return f.Stream(ctx, src, from, to, resolved, put)
+			}}
+			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Batch: batch})
+			batch.Held, batch.Expect, batch.Put = e.mem.Held, e.mem.Expect, e.mem.Put
+			tree := walkTree()
+			nar, ls := makeNar(t, tree)
+			src.nar = nar
+			l, _ := narindex.ParseListing(ls)
+			big, _ := l.Lookup("z-big")
+			if tampered {
+				src.flip.Store(big.NarOffset + 5<<20)
+			}
+			base := e.add(t, "walk", nar, nar, ls)
+			bigLeaves := leavesOf(t, e, base, big.NarOffset+1<<20, big.NarOffset+big.Size)
+			root := filepath.Join(e.dir, base)
+			readFiles(t, root, fileNames(0, walkFiles+2)...)
+			waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+			e.fsys.mu.Lock()
+			sp := e.fsys.paths[base]
+			e.fsys.mu.Unlock()
+			waitFor(t, "the walk to end", func() bool { return !sp.walk.on.Load() })
+			if tampered {
+				if e.fsys.Walks.Stopped.Load() != 1 {
+					t.Fatal("a stream with a wrong byte did not stop the walk")
+				}
+			} else {
+				if src.requests.Load() != 1 || sp.walk.done.Load() != int64(len(nar)) {
+					t.Fatalf("%d requests, walk done to %d of %d", src.requests.Load(), sp.walk.done.Load(), len(nar))
+				}
+				for _, c := range bigLeaves {
+					if !e.mem.Contains(c) {
+						t.Fatal("the large file was not streamed ahead of the reader")
+					}
+				}
+			}
+			readFiles(t, root, append(fileNames(walkFiles+2, 48), "z-big")...)
+		})
+	}
 }

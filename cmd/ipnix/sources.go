@@ -199,11 +199,15 @@ func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Log
 				return f.FetchBytes(ctx, gw, run, counted(put))
 			},
 			Stream: func(ctx context.Context, f *fetch.File, from, to int64, resolved func([]fetch.LeafRange), put func(fetch.LeafRange, blocks.Block) error) (int64, error) {
-				return f.Stream(ctx, gw, from, to, resolved, func(l fetch.LeafRange, b blocks.Block) error {
+				end, err := f.Stream(ctx, gw, from, to, resolved, func(l fetch.LeafRange, b blocks.Block) error {
 					st.fetched.Blocks.Add(1)
 					st.fetched.Bytes.Add(int64(len(b.RawData())))
 					return put(l, b)
 				})
+				if errors.Is(err, fetch.ErrHashMismatch) {
+					onError(err)
+				}
+				return end, err
 			}}, nil
 	case "car":
 		return &fetch.Batch{OnError: onError,
