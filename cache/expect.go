@@ -9,9 +9,13 @@ import (
 )
 
 // Held reports whether the block named by c is held here or in the layer
-// below (the disk store), without fetching it or touching its recency.
+// below (the disk store), or is on its way (see Expect), without fetching
+// it or touching its recency.
 func (m *Memory) Held(c cid.Cid) bool {
-	if m.Contains(c) {
+	m.mu.Lock()
+	here := m.lru.Contains(string(c.Hash())) || m.pending[string(c.Hash())] != nil
+	m.mu.Unlock()
+	if here {
 		return true
 	}
 	h, ok := m.src.(interface{ Contains(cid.Cid) bool })

@@ -298,6 +298,23 @@ func (p *Prefetcher) Stream(ctx context.Context, f *File, from, to int64, pace f
 	if b == nil || b.Stream == nil {
 		return from, ErrNoStream
 	}
+	// Start past the leaves held or on their way already (read-ahead got
+	// there first).
+	if b.Held != nil {
+		leaves, err := f.Leaves(ctx, from, min(from+streamStep, to))
+		if err != nil {
+			return from, err
+		}
+		for _, l := range leaves {
+			if !b.Held(l.Cid) {
+				break
+			}
+			from = l.Start + l.Size
+		}
+		if from >= to {
+			return to, nil
+		}
+	}
 	// Readers asking for leaves the stream has resolved wait for them
 	// rather than fetching them again.
 	deliver := map[string]func(blocks.Block){}

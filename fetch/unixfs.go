@@ -48,7 +48,8 @@ type File struct {
 	nodes  map[string]*dagNode // intermediate nodes by CID key
 	loader singleflight.Group
 
-	hook atomic.Pointer[func(start int64, data []byte)]
+	hook  atomic.Pointer[func(start int64, data []byte)]
+	offer atomic.Pointer[func(start int64, data []byte)]
 }
 
 // SetLeafHook installs a function called with every whole leaf that ReadAt
@@ -65,10 +66,25 @@ func (f *File) SetLeafHook(h func(start int64, data []byte)) {
 	f.hook.Store(&h)
 }
 
-// Offer hands the leaf hook a leaf that arrived by another path than
-// ReadAt (read-ahead, a ranged fetch). b must be the verified block of l.
+// SetOfferHook installs the function Offer calls instead of the leaf
+// hook (for leaves that arrive by read-ahead, which a caller may rather
+// handle on another goroutine than the fetch's). nil: the leaf hook.
+func (f *File) SetOfferHook(h func(start int64, data []byte)) {
+	if h == nil {
+		f.offer.Store(nil)
+		return
+	}
+	f.offer.Store(&h)
+}
+
+// Offer hands the offer hook (or else the leaf hook) a leaf that arrived
+// by another path than ReadAt (read-ahead, a ranged fetch). b must be the
+// verified block of l.
 func (f *File) Offer(l LeafRange, b blocks.Block) {
-	hook := f.hook.Load()
+	hook := f.offer.Load()
+	if hook == nil {
+		hook = f.hook.Load()
+	}
 	if hook == nil || l.data != nil {
 		return
 	}

@@ -205,7 +205,8 @@ func TestBackgroundFetchStreams(t *testing.T) {
 			batch := &fetch.Batch{Stream: func(ctx context.Context, f *fetch.File, from, to int64, resolved func([]fetch.LeafRange), put func(fetch.LeafRange, blocks.Block) error) (int64, error) {
 				return f.Stream(ctx, src, from, to, resolved, put)
 			}}
-			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Batch: batch})
+			// A small read-ahead window: the walk, not read-ahead, fetches the large file.
+			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Batch: batch, Readahead: 256 << 10})
 			batch.Held, batch.Expect, batch.Put = e.mem.Held, e.mem.Expect, e.mem.Put
 			tree := walkTree()
 			nar, ls := makeNar(t, tree)
@@ -213,7 +214,7 @@ func TestBackgroundFetchStreams(t *testing.T) {
 			l, _ := narindex.ParseListing(ls)
 			big, _ := l.Lookup("z-big")
 			if tampered {
-				src.flip.Store(big.NarOffset + 5<<20)
+				src.flip.Store(big.NarOffset + 11<<20) // past what read-ahead fetches before the walk
 			}
 			base := e.add(t, "walk", nar, nar, ls)
 			bigLeaves := leavesOf(t, e, base, big.NarOffset+1<<20, big.NarOffset+big.Size)
@@ -226,7 +227,7 @@ func TestBackgroundFetchStreams(t *testing.T) {
 			waitFor(t, "the walk to end", func() bool { return !sp.walk.on.Load() })
 			if tampered {
 				if e.fsys.Walks.Stopped.Load() != 1 {
-					t.Fatal("a stream with a wrong byte did not stop the walk")
+					t.Fatalf("a stream with a wrong byte did not stop the walk: started %d stopped %d bytes %d done %d requests %d", e.fsys.Walks.Started.Load(), e.fsys.Walks.Stopped.Load(), e.fsys.Walks.Bytes.Load(), sp.walk.done.Load(), src.requests.Load())
 				}
 			} else {
 				if src.requests.Load() != 1 || sp.walk.done.Load() != int64(len(nar)) {

@@ -104,6 +104,7 @@ type Stats struct {
 	ListingsDropped     atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
 	Reads               atomic.Int64 // READ requests that reached the filesystem
 	ReadNanos           atomic.Int64 // time READ requests spent getting their bytes (fetch, wait, copy)
+	OffersDropped       atomic.Int64 // leaves from read-ahead not hashed or pushed on arrival (queue full)
 	PagePushes          atomic.Int64 // small files written into the kernel's page cache
 	PagePushBytes       atomic.Int64 // bytes of those files
 	PagePushDrops       atomic.Int64 // page pushes dropped because the queue was full

@@ -43,6 +43,10 @@ type storePath struct {
 	narRA *fetch.Readahead
 	walk  walk // readers walking the path in NAR order (background.go)
 
+	// Leaves brought by read-ahead, for onLeaf (offer.go).
+	offers   chan offered
+	offering atomic.Bool
+
 	// copiesKey names the local copies' directory: the NarHash in nix32.
 	copiesKey string
 
@@ -182,6 +186,8 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 		copiesKey: narindex.EncodeNix32(info.NarHash.Digest)}
 	sp.walk.moved = make(chan struct{}, 1)
 	nar.SetLeafHook(sp.onLeaf) // the checker's, then page pushing (pagepush.go)
+	sp.offers = make(chan offered, offerQueue)
+	nar.SetOfferHook(sp.offerLeaf) // the same, on a goroutine of the path's (offer.go)
 	if f.prefetch != nil {
 		sp.narRA = fetch.NewStreamReadahead(f.cfg.Readahead, narGapSlack)
 	}
