@@ -54,6 +54,7 @@ type compileResult struct {
 	walks     int64 // ipnix_background_walks_total
 	walkBytes int64 // ipnix_background_bytes_total
 	ahead     int64 // ipnix_readahead_blocks_total (0 without read-ahead)
+	evicted   int64 // ipnix_memory_cache_evictions_total: blocks that may be fetched again
 	said      string
 }
 
@@ -182,6 +183,9 @@ func (b *bench) compileCold(mount func(extra ...string) (*runenv.Mount, error), 
 		return r, err
 	}
 	r.ahead, _ = m.Metric("ipnix_readahead_blocks_total") // not served with --readahead 0
+	if r.evicted, err = m.Metric("ipnix_memory_cache_evictions_total"); err != nil {
+		return r, err
+	}
 	// The go command took GOROOT from the environment, not from where it
 	// was installed: check it, after the measurement.
 	cmd := exec.Command(filepath.Join(goroot, "bin", "go"), "env", "GOROOT")
@@ -270,6 +274,7 @@ func (c compileRows) withReadahead(r compileResult) {
 	c.bytes.extra("background walks", "n", float64(r.walks))
 	c.bytes.extra("background bytes", "B", float64(r.walkBytes))
 	c.bytes.extra("read-ahead blocks", "n", float64(r.ahead))
+	c.bytes.extra("memory-cache evictions", "n", float64(r.evicted))
 	c.said(r)
 }
 
@@ -277,6 +282,7 @@ func (c compileRows) withReadahead(r compileResult) {
 func (c compileRows) withoutReadahead(r compileResult) {
 	c.speed.base(r.took.Seconds())
 	c.bytes.base(float64(r.fetched))
+	c.bytes.extra("memory-cache evictions with --readahead 0 (the floor counts blocks fetched again)", "n", float64(r.evicted))
 	c.said(r)
 }
 
