@@ -56,6 +56,7 @@ var cases = []benchCase{
 	{"B8", (*bench).b8DiskWrites},
 	{"B9", (*bench).b9Reread},
 	{"B10", (*bench).b10Remote},
+	{"B11", (*bench).b11Compile},
 }
 
 type bench struct {
@@ -71,13 +72,17 @@ type bench struct {
 	gopath   string // store path of a Go toolchain
 	goFiles  int
 	goBytes  int64 // bytes of its regular files
-	memCache int64
-	rounds   int
-	round    int     // the round being measured
-	peak     []int64 // peak RSS of the mounts, per round
-	rows     []*row
-	m        *machine
-	log      io.Writer
+	// the compile job's program (B10, B11), written on first use, and the
+	// number of standard packages its build compiles
+	compileDir  string
+	compilePkgs int
+	memCache    int64
+	rounds      int
+	round       int     // the round being measured
+	peak        []int64 // peak RSS of the mounts, per round
+	rows        []*row
+	m           *machine
+	log         io.Writer
 }
 
 func main() {
@@ -175,7 +180,7 @@ func parseOnly(s string) (map[string]bool, error) {
 	return sel, nil
 }
 
-// caseNumber orders ids B1 < B2 < ... < B10.
+// caseNumber orders ids B1 < B2 < ... < B10 < B11.
 func caseNumber(id string) int {
 	n, err := strconv.Atoi(strings.TrimPrefix(id, "B"))
 	if err != nil {

@@ -116,7 +116,8 @@ func dialIn(path string) func(ctx context.Context, network, addr string) (net.Co
 // B10: the IPFS node on another machine. kubo and the mount run in a
 // private network namespace whose loopback is shaped to 500 Mbit/s; B3
 // cold (read every file of the Go path) and B4 (`go version`) are timed
-// there against full substitution over the same link. For each: bytes
+// there against full substitution over the same link, and B11's compile
+// job with read-ahead against without. For each: bytes
 // fetched against the block-granular floor (the same run with --readahead
 // 0), and ipnix's time against the native cold time plus the floor's
 // transfer time at the link rate.
@@ -137,16 +138,20 @@ func (b *bench) b10Remote() error {
 	f4 := b.newRow(row{ID: "B10", What: "B4 " + link + ": bytes fetched", Ipnix: figure{Unit: "B"},
 		Baseline: &figure{Label: "with --readahead 0 (block floor)", Unit: "B"}, RatioOf: "fetched/floor", Target: "≤ 1.1×",
 		meets: func(r *row) bool { return r.Ratio <= 1.1 }})
+	jobs, err := b.newCompileRows("B10", " "+link)
+	if err != nil {
+		return err
+	}
 	ideal := func(r *row) string {
 		return fmt.Sprintf("ipnix against native cold + the floor's transfer time at %s: %.2f× (an additive reference: overlapping the two can beat it)",
 			linkRate, r.Ipnix.Median/r.extraMedian(idealLabel))
 	}
-	t3.post, t4.post = ideal, ideal
+	t3.post, t4.post, jobs.speed.post = ideal, ideal, ideal
 	// blocked says, in the rows, why the namespace or its shaping could
 	// not be had here; the benchmark goes on with the other cases.
 	blocked := func(err error) error {
 		b.logf("B10 blocked: %v", err)
-		for i, r := range []*row{t3, f3, t4, f4} {
+		for i, r := range []*row{t3, f3, t4, f4, jobs.speed, jobs.bytes} {
 			r.Baseline, r.meets, r.post = nil, nil, nil
 			r.Ipnix.Rounds, r.Note = nil, ""
 			if i == 0 {
@@ -239,9 +244,10 @@ func (b *bench) b10Remote() error {
 	readGo := func(root string) (time.Duration, error) {
 		return readAll(filepath.Join(root, strings.TrimPrefix(b.gopath, "/nix/store/")))
 	}
+	inNetns := func(extra ...string) (*runenv.Mount, error) { return b.mountWith(ns.wrap, ns.client, k, extra...) }
 	return b.eachRound("B10", func(i int) error {
-		var floor3, floor4 int64
-		var native3, native4 time.Duration
+		var floor3, floor4, floorJob int64
+		var native3, native4, nativeJob, subst time.Duration
 		err := alternate(i,
 			func() error {
 				d, n, err := fetchedBy(readGo)
@@ -264,6 +270,7 @@ func (b *bench) b10Remote() error {
 			},
 			func() error {
 				d, _, err := b.fullSubstitution(ns.client, k.Gateway, b.gopath)
+				subst = d
 				t3.base(d.Seconds())
 				t4.base(d.Seconds())
 				return err
@@ -287,6 +294,24 @@ func (b *bench) b10Remote() error {
 				d, err := b.goVersion("/nix/store")
 				native4 = d
 				return err
+			},
+			func() error {
+				r, err := b.compileCold(inNetns)
+				jobs.withReadahead(r)
+				return err
+			},
+			func() error {
+				r, err := b.compileCold(inNetns, "--readahead", "0")
+				floorJob = r.fetched
+				jobs.withoutReadahead(r)
+				return err
+			},
+			func() error {
+				dropCaches()
+				d, said, err := b.goBuild(b.gopath)
+				nativeJob = d
+				jobs.said(compileResult{said: said})
+				return err
 			})
 		if err != nil {
 			return err
@@ -295,6 +320,9 @@ func (b *bench) b10Remote() error {
 		t3.extra(idealLabel, "s", native3.Seconds()+transfer(float64(floor3)))
 		t4.extra("native cold", "s", native4.Seconds())
 		t4.extra(idealLabel, "s", native4.Seconds()+transfer(float64(floor4)))
+		jobs.speed.extra("native cold", "s", nativeJob.Seconds())
+		jobs.speed.extra(idealLabel, "s", nativeJob.Seconds()+transfer(float64(floorJob)))
+		jobs.speed.extra("full substitution over the link + native cold", "s", subst.Seconds()+nativeJob.Seconds())
 		return nil
 	})
 }
