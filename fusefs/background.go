@@ -41,7 +41,7 @@ const (
 	walkSlack = 4 << 10
 	// walkBytes read one after the other in one file make the rest of
 	// that file fetched in the background.
-	walkBytes = 16 << 20
+	walkBytes = 32 << 20
 	// walkChunk is what the walker asks for in one go.
 	walkChunk = 4 << 20
 	// walkIdle ends a walk whose reader stopped.
@@ -85,11 +85,11 @@ type WalkStats struct {
 // counts from for read-ahead in NAR order: the end of the previous read
 // when every file between them was served already (pushed into the
 // kernel's cache, so the reader never asked for it), else off.
-func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
+func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) (from int64, files int) {
 	f := sp.fs
 	w := &sp.walk
 	w.mu.Lock()
-	from := off
+	from = off
 	sequential := off >= w.next && off <= w.next+walkSlack
 	skipped := 0 // files between, served without a READ
 	if !sequential && off > w.next {
@@ -108,6 +108,7 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
 		w.bytes += end - off
 	}
 	w.last, w.next = ln, end
+	files = w.files
 	var limit int64
 	switch {
 	case w.files >= walkFiles:
@@ -130,7 +131,7 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) int64 {
 	if start && limit > w.done.Load() && f.cfg.WalkAhead >= 0 && f.prefetch != nil && !w.on.Load() && !sp.quarantined() {
 		f.startWalk(sp)
 	}
-	return from
+	return from, files
 }
 
 // maxGapFiles bounds the files gapServed looks at.

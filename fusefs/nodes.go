@@ -368,7 +368,7 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	}
 	if sp.fs.prefetch != nil {
 		nOff, nEnd := f.ln.NarOffset+off, f.ln.NarOffset+end
-		nOff = sp.noteWalk(f.ln, nOff, nEnd)
+		nOff, walked := sp.noteWalk(f.ln, nOff, nEnd)
 		ra, stop := f.readahead(fh)
 		raFrom, raTo := ra.Observe(off, end-off, size)
 		narFrom, narTo := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size())
@@ -377,7 +377,10 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 			if raTo > raFrom {
 				sp.fs.prefetch.Prefetch(sp.nar, f.ln.NarOffset+raFrom, f.ln.NarOffset+raTo, stop)
 			}
-			if narTo > narFrom {
+			// Across files only once several were read one after the
+			// other: a compiler reads a few files of a directory, in NAR
+			// order too, and read-ahead past them is waste.
+			if narTo > narFrom && walked >= narWalkFiles {
 				sp.fs.prefetch.Prefetch(sp.nar, narFrom, narTo, sp.quarantined)
 			}
 		}

@@ -20,7 +20,11 @@ import (
 // narGapSlack is how far past the end of one read the next may start and
 // still continue a walk in NAR order: the headers of the next entries (and
 // of empty files, symlinks and directories between) sit in that gap.
-const narGapSlack = 64 << 10
+const narGapSlack = 4 << 10
+
+// narWalkFiles is how many files read one after the other (no file
+// skipped) turn on read-ahead across files.
+const narWalkFiles = 8
 
 // storePath is one accepted store path: its narinfo, its NAR as a UnixFS
 // file, the listing its tree is served from, the inode numbering of that
