@@ -6,12 +6,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -92,6 +90,13 @@ func (p *Publisher) published(hashPart string) bool {
 
 // StorePaths publishes paths from the local Nix store, with their closure
 // unless closure is false.
+//
+// The paths stream one after another, each into kubo, the hash and
+// listing, and its NAR file at once. Around that, two things overlap: the
+// walk of the next path (opening and reading ahead its files) starts once
+// this one's walk is done, and the end of a path (syncing its NAR file,
+// writing listing and narinfo) runs while the next one streams. Narinfos
+// are still written in order and only after their NAR and listing.
 func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool) (Summary, error) {
 	var sum Summary
 	infos, err := QueryPathInfo(ctx, paths, closure)
@@ -100,51 +105,178 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 	}
 	p.opts.Progress.Start(len(infos))
 	defer p.opts.Progress.Done()
+	var todo []*PathInfo
 	for i := range infos {
 		pi := &infos[i]
 		sp, _ := narindex.ParseStorePath(pi.Path)
-		p.opts.Progress.Item(sp.Base(), pi.NarSize)
 		if p.published(sp.Hash) {
+			p.opts.Progress.Item(sp.Base(), pi.NarSize)
 			sum.Skipped++
 			p.opts.Progress.Skipped()
 			continue
 		}
-		if err := p.storePath(ctx, pi, sp); err != nil {
-			return sum, err
-		}
-		sum.Published++
-		sum.Bytes += pi.NarSize
-		p.opts.Progress.Finished(pi.NarSize)
+		todo = append(todo, pi)
 	}
-	return sum, nil
+
+	wctx, cancel := context.WithCancel(ctx)
+	walks := walkAll(wctx, todo, newReadAhead(readAheadWindow))
+	fin := p.startFinisher()
+	for i := 0; err == nil; i++ {
+		w, ok := <-walks.ch
+		if !ok {
+			break
+		}
+		if err = fin.failed(); err != nil {
+			w.stop()
+			break
+		}
+		pi := todo[i]
+		sp, _ := narindex.ParseStorePath(pi.Path)
+		p.opts.Progress.Item(sp.Base(), pi.NarSize)
+		var j *finishJob
+		j, err = p.stream(ctx, pi, sp, w)
+		w.stop()
+		if err == nil {
+			fin.jobs <- j
+		}
+	}
+	cancel()
+	walks.wait()
+	published, bytes, finErr := fin.close()
+	sum.Published += published
+	sum.Bytes += bytes
+	if err == nil {
+		err = finErr
+	}
+	return sum, err
 }
 
-// warmWindow is how far ahead of the NAR being written the files of a
-// store path are read in.
-const warmWindow = 32 << 20
+// readAheadWindow is how many bytes of files the walks may have asked the
+// kernel for ahead of the NAR being written.
+const readAheadWindow = 64 << 20
 
-func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.StorePath) error {
+// walks hands out one started walk per path, in order; a walk starts once
+// the one before it has visited its whole tree and been taken.
+type walks struct {
+	ch   chan *walker
+	done chan struct{}
+}
+
+func walkAll(ctx context.Context, todo []*PathInfo, ra *readAhead) *walks {
+	ws := &walks{ch: make(chan *walker), done: make(chan struct{})}
+	go func() {
+		defer close(ws.done)
+		defer close(ws.ch)
+		for _, pi := range todo {
+			w := startWalk(pi.Path, ra)
+			select {
+			case ws.ch <- w:
+			case <-ctx.Done():
+				w.stop()
+				return
+			}
+			select {
+			case <-w.done:
+			case <-ctx.Done():
+				return // the taker stops w
+			}
+		}
+	}()
+	return ws
+}
+
+// wait returns once no walk is started any more; the caller has stopped
+// every walk it took.
+func (ws *walks) wait() {
+	for w := range ws.ch {
+		w.stop()
+	}
+	<-ws.done
+}
+
+// finishJob is a streamed path waiting for its files to be written.
+type finishJob struct {
+	pi  *PathInfo
+	sp  narindex.StorePath
+	ni  *narindex.NarInfo
+	in  *ingested
+	tmp *os.File
+}
+
+// stream sends the NAR of pi's walk into kubo, the hash and listing, and
+// a temporary NAR file.
+func (p *Publisher) stream(ctx context.Context, pi *PathInfo, sp narindex.StorePath, w *walker) (*finishJob, error) {
 	ni, err := pi.narInfo()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	tmp, err := os.CreateTemp(filepath.Join(p.opts.To, "nar"), ".tmp-*.nar")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-
-	pr, pw := io.Pipe()
-	var dumped atomic.Int64
-	stopWarm := warmAhead(pi.Path, &dumped, warmWindow)
-	go func() { pw.CloseWithError(narindex.DumpPath(progressWriter{pw, &dumped}, pi.Path)) }()
-	in, err := ingest(ctx, p.add, pr, tmp, p.opts.MaxEntries)
-	pr.Close()
-	stopWarm()
+	in, err := ingestFrom(ctx, p.add, dumpChunks(w), &writeBehind{f: tmp}, p.opts.MaxEntries)
 	if err != nil {
-		return fmt.Errorf("%s: %w", pi.Path, err)
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, fmt.Errorf("%s: %w", pi.Path, err)
 	}
+	return &finishJob{pi: pi, sp: sp, ni: ni, in: in, tmp: tmp}, nil
+}
+
+// finisher ends streamed paths in order, one at a time.
+type finisher struct {
+	p         *Publisher
+	jobs      chan *finishJob
+	done      chan struct{}
+	fail      chan struct{} // closed after err is set
+	err       error
+	published int
+	bytes     uint64
+}
+
+func (p *Publisher) startFinisher() *finisher {
+	f := &finisher{p: p, jobs: make(chan *finishJob, 1), done: make(chan struct{}), fail: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		for j := range f.jobs {
+			if f.err == nil {
+				if err := p.finishStorePath(j); err != nil {
+					f.err = err
+					close(f.fail)
+				} else {
+					f.published++
+					f.bytes += j.pi.NarSize
+					p.opts.Progress.Finished(j.pi.NarSize)
+				}
+			}
+			j.tmp.Close()
+			os.Remove(j.tmp.Name()) // gone already when renamed
+		}
+	}()
+	return f
+}
+
+// failed returns the finisher's error, once it has one.
+func (f *finisher) failed() error {
+	select {
+	case <-f.fail:
+		return f.err
+	default:
+		return nil
+	}
+}
+
+// close waits for the paths handed over and returns what they came to.
+func (f *finisher) close() (published int, bytes uint64, err error) {
+	close(f.jobs)
+	<-f.done
+	return f.published, f.bytes, f.err
+}
+
+// finishStorePath checks a streamed path against the Nix database and
+// writes its NAR file, listing and narinfo.
+func (p *Publisher) finishStorePath(j *finishJob) error {
+	pi, ni, in, tmp := j.pi, j.ni, j.in, j.tmp
 	if err := in.check(pi.Path, ni.NarHash, ni.NarSize); err != nil {
 		return fmt.Errorf("%w (the store path differs from what the Nix database recorded; try nix-store --verify --check-contents)", err)
 	}
@@ -163,7 +295,7 @@ func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.Sto
 	ni.Compression = "none"
 	ni.FileHash = in.hash.String()
 	ni.FileSize = in.size
-	return p.finish(sp, ni, in)
+	return p.finish(j.sp, ni, in)
 }
 
 // finish writes the listing and then, atomically, the narinfo, with the

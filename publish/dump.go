@@ -1,0 +1,372 @@
+package publish
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// A store path's NAR is written by two goroutines. The walker visits the
+// tree in NAR order (entries sorted bytewise), opens each regular file and
+// asks the kernel to start reading it (a store path of many small files,
+// read one after another, otherwise waits for the disk once per file), and
+// hands over the NAR framing with the open file. The writer copies framing
+// and file contents straight into the chunks of a fanout. The walker stays
+// at most a window of file bytes ahead of the writer, and the window is
+// shared, so that the walk of the next store path can start while this
+// one's files are still being written. The bytes are those of
+// narindex.DumpPath (tests compare both with nix-store --dump).
+
+// walkItems bounds the files a walker holds open ahead of its writer.
+const walkItems = 512
+
+// dumpItem is the next piece of a NAR: framing, then (fd >= 0) size bytes
+// of the file name, then nothing; or the error that ended the walk.
+// charge is the part of the file counted in the read-ahead window.
+type dumpItem struct {
+	head   []byte
+	fd     int
+	size   int64
+	charge int64
+	name   string
+	err    error
+}
+
+// readAhead is the window of file bytes walkers may have asked the
+// kernel for but writers have not yet consumed.
+type readAhead struct {
+	mu      sync.Mutex
+	window  int64
+	ahead   int64
+	changed chan struct{} // closed and replaced when ahead drops
+	waiting bool          // someone waits on changed
+}
+
+func newReadAhead(window int64) *readAhead {
+	return &readAhead{window: window, changed: make(chan struct{})}
+}
+
+// acquire waits until n more bytes fit in the window (or nothing is
+// ahead, so that a file larger than the window still goes), or quit.
+func (r *readAhead) acquire(n int64, quit <-chan struct{}) bool {
+	for {
+		r.mu.Lock()
+		if r.ahead == 0 || r.ahead+n <= r.window {
+			r.ahead += n
+			r.mu.Unlock()
+			return true
+		}
+		ch := r.changed
+		r.waiting = true
+		r.mu.Unlock()
+		select {
+		case <-ch:
+		case <-quit:
+			return false
+		}
+	}
+}
+
+func (r *readAhead) release(n int64) {
+	if n == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.ahead -= n
+	if r.waiting {
+		close(r.changed)
+		r.changed = make(chan struct{})
+		r.waiting = false
+	}
+	r.mu.Unlock()
+}
+
+// walker produces the dumpItems of one store path.
+type walker struct {
+	root  string
+	ra    *readAhead
+	items chan dumpItem
+	quit  chan struct{}
+	done  chan struct{} // closed when the walk has ended
+	stop1 sync.Once
+
+	head []byte // framing not yet handed over
+}
+
+// startWalk starts walking root.
+func startWalk(root string, ra *readAhead) *walker {
+	w := &walker{root: root, ra: ra, items: make(chan dumpItem, walkItems), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		defer close(w.items)
+		w.str("nix-archive-1")
+		err := w.node(-1, root, root)
+		if err == nil {
+			w.emit(dumpItem{head: w.head, fd: -1})
+		} else if !errors.Is(err, errStopped) {
+			w.emit(dumpItem{fd: -1, err: err})
+		}
+	}()
+	return w
+}
+
+var errStopped = errors.New("walk stopped")
+
+// stop ends the walk and closes the files it opened that the writer did
+// not take, releasing their share of the window.
+func (w *walker) stop() {
+	w.stop1.Do(func() { close(w.quit) })
+	<-w.done
+	for it := range w.items {
+		if it.fd >= 0 {
+			unix.Close(it.fd)
+			w.ra.release(it.charge)
+		}
+	}
+}
+
+func (w *walker) emit(it dumpItem) bool {
+	select {
+	case w.items <- it:
+		return true
+	case <-w.quit:
+		if it.fd >= 0 {
+			unix.Close(it.fd)
+			w.ra.release(it.charge)
+		}
+		return false
+	}
+}
+
+func (w *walker) str(s string) {
+	w.head = binary.LittleEndian.AppendUint64(w.head, uint64(len(s)))
+	w.head = append(w.head, s...)
+	w.head = append(w.head, make([]byte, padding(int64(len(s))))...)
+}
+
+func padding(n int64) int64 { return (8 - n%8) % 8 }
+
+// node appends the NAR of name, an entry of the directory dirfd (or, with
+// dirfd < 0, the path name itself); p is its path, for errors.
+func (w *walker) node(dirfd int, name, p string) error {
+	select {
+	case <-w.quit:
+		return errStopped
+	default:
+	}
+	var st unix.Stat_t
+	if err := fstatat(dirfd, name, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	w.str("(")
+	w.str("type")
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p, Err: err}
+		}
+		// The open file is what is read: its own mode and size count.
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			if err == nil {
+				err = errors.New("changed type while being read")
+			}
+			return &fs.PathError{Op: "stat", Path: p, Err: err}
+		}
+		w.str("regular")
+		if st.Mode&0o100 != 0 {
+			w.str("executable")
+			w.str("")
+		}
+		w.str("contents")
+		w.head = binary.LittleEndian.AppendUint64(w.head, uint64(st.Size))
+		// Only the start of a large file is asked for: the kernel reads
+		// ahead of sequential reads anyway, and the rest of the window
+		// is better spent on the files after it.
+		charge := min(st.Size, w.ra.window/4)
+		if !w.ra.acquire(charge, w.quit) {
+			unix.Close(fd)
+			return errStopped
+		}
+		unix.Fadvise(fd, 0, charge, unix.FADV_WILLNEED) // advice only
+		if !w.emit(dumpItem{head: w.head, fd: fd, size: st.Size, charge: charge, name: p}) {
+			return errStopped
+		}
+		w.head = make([]byte, padding(st.Size), 256)
+	case unix.S_IFDIR:
+		w.str("directory")
+		fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p, Err: err}
+		}
+		d := os.NewFile(uintptr(fd), p)
+		names, err := d.Readdirnames(-1)
+		if err != nil {
+			d.Close()
+			return err
+		}
+		slices.Sort(names) // bytewise, as Nix sorts
+		for _, n := range names {
+			w.str("entry")
+			w.str("(")
+			w.str("name")
+			w.str(n)
+			w.str("node")
+			if err := w.node(int(d.Fd()), n, filepath.Join(p, n)); err != nil {
+				d.Close()
+				return err
+			}
+			w.str(")")
+		}
+		d.Close()
+	case unix.S_IFLNK:
+		target, err := readlinkat(dirfd, name, st.Size)
+		if err != nil {
+			return &fs.PathError{Op: "readlink", Path: p, Err: err}
+		}
+		w.str("symlink")
+		w.str("target")
+		w.str(target)
+	default:
+		return fmt.Errorf("%s: cannot put a %v in a NAR", p, fs.FileMode(st.Mode&unix.S_IFMT))
+	}
+	w.str(")")
+	return nil
+}
+
+func fstatat(dirfd int, name string, st *unix.Stat_t) error {
+	if dirfd < 0 {
+		return unix.Lstat(name, st)
+	}
+	return unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func openat(dirfd int, name string, flags int) (int, error) {
+	if dirfd < 0 {
+		dirfd = unix.AT_FDCWD
+	}
+	for {
+		fd, err := unix.Openat(dirfd, name, flags|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func readlinkat(dirfd int, name string, size int64) (string, error) {
+	if dirfd < 0 {
+		dirfd = unix.AT_FDCWD
+	}
+	buf := make([]byte, max(size, 64)+1)
+	for {
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// dumpChunks is the source writing the NAR of the walk into chunks.
+func dumpChunks(w *walker) func(*fanout) error {
+	return func(f *fanout) error {
+		d := &dumpWriter{f: f, ra: w.ra}
+		for it := range w.items {
+			if it.err != nil {
+				return it.err
+			}
+			if err := d.put(it.head); err != nil {
+				return err
+			}
+			if it.fd < 0 {
+				continue
+			}
+			err := d.copyFile(&it)
+			unix.Close(it.fd)
+			w.ra.release(it.charge)
+			if err != nil {
+				return err
+			}
+		}
+		if d.c != nil {
+			f.send(d.c)
+		}
+		return nil
+	}
+}
+
+// dumpWriter fills chunks.
+type dumpWriter struct {
+	f  *fanout
+	ra *readAhead
+	c  *chunk // being filled; nil before the first byte
+}
+
+// room returns the current chunk, sending a full one on first.
+func (d *dumpWriter) room() ([]byte, error) {
+	if d.c != nil && len(d.c.b) == chunkSize {
+		d.f.send(d.c)
+		d.c = nil
+	}
+	if d.c == nil {
+		c, err := d.f.get()
+		if err != nil {
+			return nil, err
+		}
+		d.c = c
+	}
+	return d.c.b[len(d.c.b):chunkSize], nil
+}
+
+func (d *dumpWriter) put(p []byte) error {
+	for len(p) > 0 {
+		r, err := d.room()
+		if err != nil {
+			return err
+		}
+		n := copy(r, p)
+		d.c.b = d.c.b[:len(d.c.b)+n]
+		p = p[n:]
+	}
+	return nil
+}
+
+// copyFile reads the item's size bytes straight into chunks, giving back
+// its share of the read-ahead window as it goes.
+func (d *dumpWriter) copyFile(it *dumpItem) error {
+	left := it.size
+	for left > 0 {
+		r, err := d.room()
+		if err != nil {
+			return err
+		}
+		n, err := unix.Read(it.fd, r[:min(int64(len(r)), left)])
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "read", Path: it.name, Err: err}
+		}
+		if n == 0 {
+			return fmt.Errorf("%s: changed while being read (%d bytes, expected %d)", it.name, it.size-left, it.size)
+		}
+		d.c.b = d.c.b[:len(d.c.b)+n]
+		left -= int64(n)
+		if r := min(it.charge, int64(n)); r > 0 {
+			d.ra.release(r)
+			it.charge -= r
+		}
+	}
+	return nil
+}
