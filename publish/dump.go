@@ -74,6 +74,13 @@ func (r *readAhead) acquire(n int64, quit <-chan struct{}) bool {
 	}
 }
 
+// held returns the bytes acquired and not yet released.
+func (r *readAhead) held() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ahead
+}
+
 func (r *readAhead) release(n int64) {
 	if n == 0 {
 		return

@@ -214,7 +214,7 @@ func (p *Publisher) stream(ctx context.Context, pi *PathInfo, sp narindex.StoreP
 	if err != nil {
 		return nil, err
 	}
-	in, err := ingestFrom(ctx, p.add, dumpChunks(w), &writeBehind{f: tmp}, p.opts.MaxEntries)
+	in, err := ingestFrom(ctx, p.add, dumpChunks(w), newNarFile(tmp), p.opts.MaxEntries)
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ipfs/go-cid"
+
 	"github.com/ipnix/ipnix/fetch/fetchtest"
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -297,5 +299,162 @@ func TestStorePathsSignsListing(t *testing.T) {
 	checkPublished(t, st, to, sp, nar, key)
 	if sum, err := p.StorePaths(context.Background(), []string{path}, false); err != nil || sum.Skipped != 1 {
 		t.Fatalf("second StorePaths: %+v, %v", sum, err)
+	}
+}
+
+// addStorePaths puts n small trees into the Nix store and returns their
+// paths and NARs.
+func addStorePaths(t *testing.T, n int) ([]string, map[string][]byte) {
+	t.Helper()
+	if _, err := exec.LookPath("nix-store"); err != nil {
+		if os.Getenv("IPNIX_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("nix-store not installed")
+		}
+		t.Skip("nix-store not installed")
+	}
+	var paths []string
+	nars := map[string][]byte{}
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), "ipnix-publish-multi")
+		os.MkdirAll(filepath.Join(dir, "lib"), 0o755)
+		for j := range 20 {
+			os.WriteFile(filepath.Join(dir, "lib", strings.Repeat("f", j+1)), bytes.Repeat([]byte{byte(i), byte(j)}, 1000*j+i), 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "big"), bytes.Repeat([]byte{byte(i)}, 3*chunkSize+i), 0o644)
+		out, err := exec.Command("nix-store", "--add", dir).Output()
+		if err != nil {
+			t.Fatalf("nix-store --add: %v", err)
+		}
+		path := strings.TrimSpace(string(out))
+		nar, err := exec.Command("nix-store", "--dump", path).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
+		nars[path] = nar
+	}
+	return paths, nars
+}
+
+// nthFailingAdder fails its nth call, after reading a little.
+type nthFailingAdder struct {
+	Adder
+	n, calls int
+}
+
+func (a *nthFailingAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
+	a.calls++
+	if a.calls == a.n {
+		io.CopyN(io.Discard, r, 1000)
+		return cid.Undef, errors.New("kubo went away")
+	}
+	return a.Adder.Add(ctx, r)
+}
+
+// tempFiles lists what a run left in nar/ besides NAR files.
+func leftovers(t *testing.T, to string) []string {
+	t.Helper()
+	var left []string
+	ents, _ := os.ReadDir(filepath.Join(to, "nar"))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp") {
+			left = append(left, e.Name())
+		}
+	}
+	return left
+}
+
+// Several paths stream one after another with their walks and ends
+// overlapping: each is published as if alone.
+func TestStorePathsSeveral(t *testing.T) {
+	paths, nars := addStorePaths(t, 4)
+	key := testKey(t)
+	st := fetchtest.NewStore()
+	to := t.TempDir()
+	p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.StorePaths(context.Background(), paths, false)
+	if err != nil || sum.Published != 4 {
+		t.Fatalf("StorePaths: %+v, %v", sum, err)
+	}
+	var total uint64
+	for _, path := range paths {
+		sp, _ := narindex.ParseStorePath(path)
+		ni := checkPublished(t, st, to, sp, nars[path], key)
+		got, err := os.ReadFile(filepath.Join(to, ni.URL))
+		if err != nil || !bytes.Equal(got, nars[path]) {
+			t.Errorf("%s: NAR file differs from nix-store --dump (%v)", ni.URL, err)
+		}
+		total += uint64(len(nars[path]))
+	}
+	if sum.Bytes != total {
+		t.Errorf("Summary.Bytes %d, want %d", sum.Bytes, total)
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// A failure in the middle of a run stops it: the paths before it are
+// published completely, none after it, nothing temporary is left behind
+// and no file stays open.
+func TestStorePathsFailureStops(t *testing.T) {
+	paths, _ := addStorePaths(t, 4)
+	fds := openFDs(t)
+	to := t.TempDir()
+	add := &nthFailingAdder{Adder: storeAdder{fetchtest.NewStore()}, n: 2}
+	p, err := New(add, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.StorePaths(context.Background(), paths, false)
+	if err == nil || !strings.Contains(err.Error(), "went away") {
+		t.Fatalf("StorePaths: %v", err)
+	}
+	if sum.Published != 1 || add.calls != 2 {
+		t.Fatalf("published %d, %d adds; want 1 and 2", sum.Published, add.calls)
+	}
+	infos, _ := filepath.Glob(filepath.Join(to, "*.narinfo"))
+	if len(infos) != 1 {
+		t.Fatalf("%d narinfos written, want 1", len(infos))
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if n := openFDs(t); n != fds {
+		t.Errorf("%d files open after the run, %d before", n, fds)
+	}
+}
+
+// A path that cannot be finished (here its NAR file cannot be put in
+// place) stops the run before any later narinfo is written.
+func TestStorePathsFinishFailureStops(t *testing.T) {
+	paths, nars := addStorePaths(t, 3)
+	infos, err := QueryPathInfo(context.Background(), paths, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := infos[0].Path
+	sum := sha256.Sum256(nars[first])
+	to := t.TempDir()
+	blocker := filepath.Join(to, "nar", narindex.EncodeNix32(sum[:])+".nar", "x")
+	if err := os.MkdirAll(blocker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.StorePaths(context.Background(), paths, false)
+	if err == nil || s.Published != 0 {
+		t.Fatalf("StorePaths: %+v, %v", s, err)
+	}
+	if ni, _ := filepath.Glob(filepath.Join(to, "*.narinfo")); len(ni) != 0 {
+		t.Fatalf("narinfos written after a failure: %v", ni)
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
 	}
 }
