@@ -110,4 +110,3 @@ func TestDecompressUnknown(t *testing.T) {
 		t.Fatal("s3 accepted as --from")
 	}
 }
-
