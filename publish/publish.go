@@ -92,35 +92,64 @@ func (p *Publisher) published(hashPart string) bool {
 // unless closure is false.
 //
 // The paths stream one after another, each into kubo, the hash and
-// listing, and its NAR file at once. Around that, two things overlap: the
-// walk of the next path (opening and reading ahead its files) starts once
-// this one's walk is done, and the end of a path (syncing its NAR file,
-// writing listing and narinfo) runs while the next one streams. Narinfos
-// are still written in order and only after their NAR and listing.
+// listing, and its NAR file at once. Around that, things overlap: without
+// the closure, the first path streams while Nix is asked what it recorded
+// about the paths (needed only to check them at the end); the walk of the
+// next path (opening and reading ahead its files) starts once this one's
+// walk is done; and the end of a path (syncing its NAR file, writing
+// listing and narinfo) runs while the next one streams. Narinfos are
+// still written in order, each only after its NAR and listing.
 func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool) (Summary, error) {
 	var sum Summary
-	infos, err := QueryPathInfo(ctx, paths, closure)
-	if err != nil {
-		return sum, err
+	info := make(chan pathInfos, 1)
+	var list []string
+	if closure {
+		infos, err := QueryPathInfo(ctx, paths, closure)
+		if err != nil {
+			return sum, err
+		}
+		for _, pi := range infos {
+			list = append(list, pi.Path)
+		}
+		info <- pathInfos{infos: infos}
+	} else {
+		seen := map[string]bool{}
+		for _, path := range paths {
+			if _, err := narindex.ParseStorePath(path); err != nil {
+				return sum, err
+			}
+			if !seen[path] {
+				seen[path] = true
+				list = append(list, path)
+			}
+		}
+		go func() {
+			infos, err := QueryPathInfo(ctx, list, false)
+			info <- pathInfos{infos, err}
+		}()
 	}
-	p.opts.Progress.Start(len(infos))
+	p.opts.Progress.Start(len(list))
 	defer p.opts.Progress.Done()
-	var todo []*PathInfo
-	for i := range infos {
-		pi := &infos[i]
-		sp, _ := narindex.ParseStorePath(pi.Path)
+	var todo []string
+	for _, path := range list {
+		sp, _ := narindex.ParseStorePath(path)
 		if p.published(sp.Hash) {
-			p.opts.Progress.Item(sp.Base(), pi.NarSize)
+			p.opts.Progress.Item(sp.Base(), 0)
 			sum.Skipped++
 			p.opts.Progress.Skipped()
 			continue
 		}
-		todo = append(todo, pi)
+		todo = append(todo, path)
+	}
+	if len(todo) == 0 {
+		// Still report a path Nix does not know.
+		return sum, (<-info).err
 	}
 
 	wctx, cancel := context.WithCancel(ctx)
 	walks := walkAll(wctx, todo, newReadAhead(readAheadWindow))
-	fin := p.startFinisher()
+	fin := p.startFinisher(info)
+	var err error
 	for i := 0; err == nil; i++ {
 		w, ok := <-walks.ch
 		if !ok {
@@ -130,11 +159,10 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 			w.stop()
 			break
 		}
-		pi := todo[i]
-		sp, _ := narindex.ParseStorePath(pi.Path)
-		p.opts.Progress.Item(sp.Base(), pi.NarSize)
+		sp, _ := narindex.ParseStorePath(todo[i])
+		p.opts.Progress.Item(sp.Base(), fin.narSize(todo[i]))
 		var j *finishJob
-		j, err = p.stream(ctx, pi, sp, w)
+		j, err = p.stream(ctx, sp, w)
 		w.stop()
 		if err == nil {
 			fin.jobs <- j
@@ -145,10 +173,18 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 	published, bytes, finErr := fin.close()
 	sum.Published += published
 	sum.Bytes += bytes
-	if err == nil {
+	if finErr != nil {
+		// A path Nix does not know, or one that differs from what it
+		// recorded, is the cause of what followed.
 		err = finErr
 	}
 	return sum, err
+}
+
+// pathInfos is the answer of QueryPathInfo.
+type pathInfos struct {
+	infos []PathInfo
+	err   error
 }
 
 // readAheadWindow is how many bytes of files the walks may have asked the
@@ -162,13 +198,13 @@ type walks struct {
 	done chan struct{}
 }
 
-func walkAll(ctx context.Context, todo []*PathInfo, ra *readAhead) *walks {
+func walkAll(ctx context.Context, todo []string, ra *readAhead) *walks {
 	ws := &walks{ch: make(chan *walker), done: make(chan struct{})}
 	go func() {
 		defer close(ws.done)
 		defer close(ws.ch)
-		for _, pi := range todo {
-			w := startWalk(pi.Path, ra)
+		for _, path := range todo {
+			w := startWalk(path, ra)
 			select {
 			case ws.ch <- w:
 			case <-ctx.Done():
@@ -196,20 +232,14 @@ func (ws *walks) wait() {
 
 // finishJob is a streamed path waiting for its files to be written.
 type finishJob struct {
-	pi  *PathInfo
 	sp  narindex.StorePath
-	ni  *narindex.NarInfo
 	in  *ingested
 	tmp *os.File
 }
 
-// stream sends the NAR of pi's walk into kubo, the hash and listing, and
-// a temporary NAR file.
-func (p *Publisher) stream(ctx context.Context, pi *PathInfo, sp narindex.StorePath, w *walker) (*finishJob, error) {
-	ni, err := pi.narInfo()
-	if err != nil {
-		return nil, err
-	}
+// stream sends the NAR of a walk into kubo, the hash and listing, and a
+// temporary NAR file.
+func (p *Publisher) stream(ctx context.Context, sp narindex.StorePath, w *walker) (*finishJob, error) {
 	tmp, err := os.CreateTemp(filepath.Join(p.opts.To, "nar"), ".tmp-*.nar")
 	if err != nil {
 		return nil, err
@@ -218,14 +248,18 @@ func (p *Publisher) stream(ctx context.Context, pi *PathInfo, sp narindex.StoreP
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
-		return nil, fmt.Errorf("%s: %w", pi.Path, err)
+		return nil, fmt.Errorf("%s: %w", sp, err)
 	}
-	return &finishJob{pi: pi, sp: sp, ni: ni, in: in, tmp: tmp}, nil
+	return &finishJob{sp: sp, in: in, tmp: tmp}, nil
 }
 
-// finisher ends streamed paths in order, one at a time.
+// finisher ends streamed paths in order, one at a time, once it knows
+// what Nix recorded about them.
 type finisher struct {
 	p         *Publisher
+	info      chan pathInfos
+	byPath    map[string]*PathInfo
+	known     chan struct{} // closed once byPath is set
 	jobs      chan *finishJob
 	done      chan struct{}
 	fail      chan struct{} // closed after err is set
@@ -234,19 +268,29 @@ type finisher struct {
 	bytes     uint64
 }
 
-func (p *Publisher) startFinisher() *finisher {
-	f := &finisher{p: p, jobs: make(chan *finishJob, 1), done: make(chan struct{}), fail: make(chan struct{})}
+func (p *Publisher) startFinisher(info chan pathInfos) *finisher {
+	f := &finisher{p: p, info: info, known: make(chan struct{}), jobs: make(chan *finishJob, 1),
+		done: make(chan struct{}), fail: make(chan struct{})}
 	go func() {
 		defer close(f.done)
+		ans := <-info
+		if ans.err != nil {
+			f.failWith(ans.err)
+		}
+		f.byPath = map[string]*PathInfo{}
+		for i := range ans.infos {
+			f.byPath[ans.infos[i].Path] = &ans.infos[i]
+		}
+		close(f.known)
 		for j := range f.jobs {
 			if f.err == nil {
-				if err := p.finishStorePath(j); err != nil {
-					f.err = err
-					close(f.fail)
+				pi := f.byPath[j.sp.String()]
+				if err := p.finishStorePath(pi, j); err != nil {
+					f.failWith(err)
 				} else {
 					f.published++
-					f.bytes += j.pi.NarSize
-					p.opts.Progress.Finished(j.pi.NarSize)
+					f.bytes += pi.NarSize
+					p.opts.Progress.Finished(pi.NarSize)
 				}
 			}
 			j.tmp.Close()
@@ -254,6 +298,23 @@ func (p *Publisher) startFinisher() *finisher {
 		}
 	}()
 	return f
+}
+
+func (f *finisher) failWith(err error) {
+	f.err = err
+	close(f.fail)
+}
+
+// narSize is path's NarSize if Nix has answered, else 0.
+func (f *finisher) narSize(path string) uint64 {
+	select {
+	case <-f.known:
+		if pi := f.byPath[path]; pi != nil {
+			return pi.NarSize
+		}
+	default:
+	}
+	return 0
 }
 
 // failed returns the finisher's error, once it has one.
@@ -275,8 +336,15 @@ func (f *finisher) close() (published int, bytes uint64, err error) {
 
 // finishStorePath checks a streamed path against the Nix database and
 // writes its NAR file, listing and narinfo.
-func (p *Publisher) finishStorePath(j *finishJob) error {
-	pi, ni, in, tmp := j.pi, j.ni, j.in, j.tmp
+func (p *Publisher) finishStorePath(pi *PathInfo, j *finishJob) error {
+	if pi == nil {
+		return fmt.Errorf("%s: nix path-info did not describe it", j.sp)
+	}
+	ni, err := pi.narInfo()
+	if err != nil {
+		return err
+	}
+	in, tmp := j.in, j.tmp
 	if err := in.check(pi.Path, ni.NarHash, ni.NarSize); err != nil {
 		return fmt.Errorf("%w (the store path differs from what the Nix database recorded; try nix-store --verify --check-contents)", err)
 	}

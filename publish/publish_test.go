@@ -432,12 +432,7 @@ func TestStorePathsFailureStops(t *testing.T) {
 // place) stops the run before any later narinfo is written.
 func TestStorePathsFinishFailureStops(t *testing.T) {
 	paths, nars := addStorePaths(t, 3)
-	infos, err := QueryPathInfo(context.Background(), paths, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := infos[0].Path
-	sum := sha256.Sum256(nars[first])
+	sum := sha256.Sum256(nars[paths[0]]) // streamed first
 	to := t.TempDir()
 	blocker := filepath.Join(to, "nar", narindex.EncodeNix32(sum[:])+".nar", "x")
 	if err := os.MkdirAll(blocker, 0o755); err != nil {
@@ -453,6 +448,27 @@ func TestStorePathsFinishFailureStops(t *testing.T) {
 	}
 	if ni, _ := filepath.Glob(filepath.Join(to, "*.narinfo")); len(ni) != 0 {
 		t.Fatalf("narinfos written after a failure: %v", ni)
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// A path that is not in the store is an error naming it, though its walk
+// starts before Nix answers.
+func TestStorePathsUnknownPath(t *testing.T) {
+	paths, _ := addStorePaths(t, 1)
+	t.Setenv("NIX_CONFIG", "substituters =") // no attempt to download it
+	missing := "/nix/store/00000000000000000000000000000000-ipnix-missing"
+	to := t.TempDir()
+	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, list := range [][]string{{missing}, {paths[0], missing}, {missing, paths[0]}} {
+		if _, err := p.StorePaths(context.Background(), list, false); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("%v: %v", list, err)
+		}
 	}
 	if left := leftovers(t, to); len(left) > 0 {
 		t.Errorf("temporary files left: %v", left)
