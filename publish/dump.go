@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -114,7 +115,7 @@ func startWalk(root string, ra *readAhead) *walker {
 		defer close(w.done)
 		defer close(w.items)
 		w.str("nix-archive-1")
-		err := w.node(-1, root, root)
+		err := w.node(-1, root, root, typeUnknown)
 		if err == nil {
 			w.emit(dumpItem{head: w.head, fd: -1})
 		} else if !errors.Is(err, errStopped) {
@@ -160,21 +161,28 @@ func (w *walker) str(s string) {
 
 func padding(n int64) int64 { return (8 - n%8) % 8 }
 
+// typeUnknown is a file type no entry has: look it up.
+const typeUnknown = ^uint32(0)
+
 // node appends the NAR of name, an entry of the directory dirfd (or, with
-// dirfd < 0, the path name itself); p is its path, for errors.
-func (w *walker) node(dirfd int, name, p string) error {
+// dirfd < 0, the path name itself) whose type (S_IFMT bits) the directory
+// listing gave as typ; p is its path, for errors.
+func (w *walker) node(dirfd int, name, p string, typ uint32) error {
 	select {
 	case <-w.quit:
 		return errStopped
 	default:
 	}
 	var st unix.Stat_t
-	if err := fstatat(dirfd, name, &st); err != nil {
-		return &fs.PathError{Op: "lstat", Path: p, Err: err}
+	if typ == typeUnknown {
+		if err := fstatat(dirfd, name, &st); err != nil {
+			return &fs.PathError{Op: "lstat", Path: p, Err: err}
+		}
+		typ = st.Mode & unix.S_IFMT
 	}
 	w.str("(")
 	w.str("type")
-	switch st.Mode & unix.S_IFMT {
+	switch typ {
 	case unix.S_IFREG:
 		fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 		if err != nil {
@@ -215,19 +223,21 @@ func (w *walker) node(dirfd int, name, p string) error {
 			return &fs.PathError{Op: "open", Path: p, Err: err}
 		}
 		d := os.NewFile(uintptr(fd), p)
-		names, err := d.Readdirnames(-1)
+		ents, err := d.ReadDir(-1)
 		if err != nil {
 			d.Close()
 			return err
 		}
-		slices.Sort(names) // bytewise, as Nix sorts
-		for _, n := range names {
+		// Bytewise, as Nix sorts.
+		slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+		for _, e := range ents {
+			n := e.Name()
 			w.str("entry")
 			w.str("(")
 			w.str("name")
 			w.str(n)
 			w.str("node")
-			if err := w.node(int(d.Fd()), n, filepath.Join(p, n)); err != nil {
+			if err := w.node(int(d.Fd()), n, filepath.Join(p, n), entryType(e.Type())); err != nil {
 				d.Close()
 				return err
 			}
@@ -235,7 +245,7 @@ func (w *walker) node(dirfd int, name, p string) error {
 		}
 		d.Close()
 	case unix.S_IFLNK:
-		target, err := readlinkat(dirfd, name, st.Size)
+		target, err := readlinkat(dirfd, name)
 		if err != nil {
 			return &fs.PathError{Op: "readlink", Path: p, Err: err}
 		}
@@ -243,7 +253,7 @@ func (w *walker) node(dirfd int, name, p string) error {
 		w.str("target")
 		w.str(target)
 	default:
-		return fmt.Errorf("%s: cannot put a %v in a NAR", p, fs.FileMode(st.Mode&unix.S_IFMT))
+		return fmt.Errorf("%s: cannot put a file of type %#o in a NAR", p, typ)
 	}
 	w.str(")")
 	return nil
@@ -268,11 +278,25 @@ func openat(dirfd int, name string, flags int) (int, error) {
 	}
 }
 
-func readlinkat(dirfd int, name string, size int64) (string, error) {
+// entryType turns the type a directory listing gives into S_IFMT bits.
+func entryType(m fs.FileMode) uint32 {
+	switch m.Type() {
+	case 0:
+		return unix.S_IFREG
+	case fs.ModeDir:
+		return unix.S_IFDIR
+	case fs.ModeSymlink:
+		return unix.S_IFLNK
+	default:
+		return typeUnknown // and lstat tells what it is
+	}
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
 	if dirfd < 0 {
 		dirfd = unix.AT_FDCWD
 	}
-	buf := make([]byte, max(size, 64)+1)
+	buf := make([]byte, 256)
 	for {
 		n, err := unix.Readlinkat(dirfd, name, buf)
 		if err != nil {
