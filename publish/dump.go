@@ -25,14 +25,21 @@ import (
 // one's files are still being written. The bytes are those of
 // narindex.DumpPath (tests compare both with nix-store --dump).
 
-// walkItems bounds the files a walker holds open ahead of its writer.
-const walkItems = 512
+// walkItems bounds the items a walker hands over ahead of its writer.
+const walkItems = 16384
 
-// dumpItem is the next piece of a NAR: framing, then (fd >= 0) size bytes
-// of the file name, then nothing; or the error that ended the walk.
-// charge is the part of the file counted in the read-ahead window.
+// heldFiles bounds the files all walks keep open for their writers;
+// past it a walk closes a file once it has asked for it to be read, and
+// the writer opens it again.
+const heldFiles = 1024
+
+// dumpItem is the next piece of a NAR: framing, then (file) the size bytes
+// of the file name, read from fd, or, when fd < 0, from name opened again;
+// or the error that ended the walk. charge is the part of the file counted
+// in the read-ahead window.
 type dumpItem struct {
 	head   []byte
+	file   bool
 	fd     int
 	size   int64
 	charge int64
@@ -41,17 +48,50 @@ type dumpItem struct {
 }
 
 // readAhead is the window of file bytes walkers may have asked the
-// kernel for but writers have not yet consumed.
+// kernel for but writers have not yet consumed, and the files they hold
+// open.
 type readAhead struct {
 	mu      sync.Mutex
 	window  int64
 	ahead   int64
 	changed chan struct{} // closed and replaced when ahead drops
 	waiting bool          // someone waits on changed
+	fds     chan struct{} // a token per file held open
 }
 
 func newReadAhead(window int64) *readAhead {
-	return &readAhead{window: window, changed: make(chan struct{})}
+	return &readAhead{window: window, changed: make(chan struct{}), fds: make(chan struct{}, heldFiles)}
+}
+
+// holdFile takes a token for a file to keep open, if one is left.
+func (r *readAhead) holdFile() bool {
+	select {
+	case r.fds <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// done gives back what an item held: its file, its token, its charge.
+func (r *readAhead) done(it *dumpItem) {
+	if it.fd >= 0 {
+		unix.Close(it.fd)
+		it.fd = -1
+		<-r.fds
+	}
+	r.release(it.charge)
+	it.charge = 0
+}
+
+// defaultWindow is the read-ahead window for a machine of this much
+// memory: an eighth of it, within 32 and 256 MiB.
+func defaultWindow() int64 {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return 64 << 20
+	}
+	return min(max(int64(si.Totalram)*int64(si.Unit)/8, 32<<20), 256<<20)
 }
 
 // acquire waits until n more bytes fit in the window (or nothing is
@@ -133,10 +173,7 @@ func (w *walker) stop() {
 	w.stop1.Do(func() { close(w.quit) })
 	<-w.done
 	for it := range w.items {
-		if it.fd >= 0 {
-			unix.Close(it.fd)
-			w.ra.release(it.charge)
-		}
+		w.ra.done(&it)
 	}
 }
 
@@ -145,10 +182,7 @@ func (w *walker) emit(it dumpItem) bool {
 	case w.items <- it:
 		return true
 	case <-w.quit:
-		if it.fd >= 0 {
-			unix.Close(it.fd)
-			w.ra.release(it.charge)
-		}
+		w.ra.done(&it)
 		return false
 	}
 }
@@ -212,7 +246,11 @@ func (w *walker) node(dirfd int, name, p string, typ uint32) error {
 			return errStopped
 		}
 		unix.Fadvise(fd, 0, charge, unix.FADV_WILLNEED) // advice only
-		if !w.emit(dumpItem{head: w.head, fd: fd, size: st.Size, charge: charge, name: p}) {
+		if !w.ra.holdFile() {
+			unix.Close(fd)
+			fd = -1
+		}
+		if !w.emit(dumpItem{head: w.head, file: true, fd: fd, size: st.Size, charge: charge, name: p}) {
 			return errStopped
 		}
 		w.head = make([]byte, padding(st.Size), 256)
@@ -318,14 +356,14 @@ func dumpChunks(w *walker) func(*fanout) error {
 				return it.err
 			}
 			if err := d.put(it.head); err != nil {
+				w.ra.done(&it)
 				return err
 			}
-			if it.fd < 0 {
+			if !it.file {
 				continue
 			}
 			err := d.copyFile(&it)
-			unix.Close(it.fd)
-			w.ra.release(it.charge)
+			w.ra.done(&it)
 			if err != nil {
 				return err
 			}
@@ -376,13 +414,28 @@ func (d *dumpWriter) put(p []byte) error {
 // copyFile reads the item's size bytes straight into chunks, giving back
 // its share of the read-ahead window as it goes.
 func (d *dumpWriter) copyFile(it *dumpItem) error {
+	fd := it.fd
+	if fd < 0 {
+		var err error
+		if fd, err = openat(-1, it.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK); err != nil {
+			return &fs.PathError{Op: "open", Path: it.name, Err: err}
+		}
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			if err == nil {
+				err = errors.New("changed type while being read")
+			}
+			return &fs.PathError{Op: "stat", Path: it.name, Err: err}
+		}
+	}
 	left := it.size
 	for left > 0 {
 		r, err := d.room()
 		if err != nil {
 			return err
 		}
-		n, err := unix.Read(it.fd, r[:min(int64(len(r)), left)])
+		n, err := unix.Read(fd, r[:min(int64(len(r)), left)])
 		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}

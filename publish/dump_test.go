@@ -18,9 +18,15 @@ import (
 func mkfifo(p string) error { return unix.Mkfifo(p, 0o644) }
 
 // dumpAll runs a walk and its writer into memory, the way ingest does.
+// With window < 0, no file may be held open: the writer opens each again.
 func dumpAll(t *testing.T, root string, window int64) ([]byte, error) {
 	t.Helper()
-	ra := newReadAhead(window)
+	ra := newReadAhead(max(window, 0))
+	if window < 0 {
+		for range heldFiles {
+			ra.fds <- struct{}{}
+		}
+	}
 	w := startWalk(root, ra)
 	defer w.stop()
 	f := newFanout(1)
@@ -35,6 +41,9 @@ func dumpAll(t *testing.T, root string, window int64) ([]byte, error) {
 	w.stop()
 	if ra.held() != 0 {
 		t.Errorf("%d bytes of the read-ahead window not given back", ra.held())
+	}
+	if n := len(ra.fds); window >= 0 && n != 0 {
+		t.Errorf("%d files still counted as held", n)
 	}
 	return out.Bytes(), err
 }
@@ -70,7 +79,8 @@ func writeTestTree(t *testing.T) string {
 }
 
 // The walk writes the bytes of narindex.DumpPath, for trees and for a
-// root that is a file or a symlink, whatever the window.
+// root that is a file or a symlink, whatever the window, and whether the
+// walk holds files open for the writer or the writer opens them again.
 func TestDumpMatchesDumpPath(t *testing.T) {
 	root := writeTestTree(t)
 	for _, p := range []string{root, filepath.Join(root, "big"), filepath.Join(root, "empty"), filepath.Join(root, "link"), filepath.Join(root, "share")} {
@@ -78,7 +88,7 @@ func TestDumpMatchesDumpPath(t *testing.T) {
 		if err := narindex.DumpPath(&want, p); err != nil {
 			t.Fatal(err)
 		}
-		for _, window := range []int64{0, 100, readAheadWindow} {
+		for _, window := range []int64{0, 100, 64 << 20, -1} {
 			got, err := dumpAll(t, p, window)
 			if err != nil {
 				t.Fatalf("%s: %v", p, err)
@@ -123,28 +133,36 @@ func TestDumpErrorsNameTheEntry(t *testing.T) {
 	}
 }
 
-// A file that is shorter than when it was opened is an error naming it,
-// not a short NAR.
+// A file that is shorter than when the walk saw it is an error naming it,
+// not a short NAR, whether the writer reads the walk's open file or opens
+// it again.
 func TestDumpFileShrinks(t *testing.T) {
-	root := t.TempDir()
-	p := filepath.Join(root, "f")
-	if err := os.WriteFile(p, make([]byte, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ra := newReadAhead(1 << 20)
-	w := startWalk(root, ra)
-	defer w.stop()
-	<-w.done // the file is open and its size taken
-	if err := os.Truncate(p, 100); err != nil {
-		t.Fatal(err)
-	}
-	f := newFanout(1)
-	wait := f.drain(0, func([]byte) error { return nil })
-	err := dumpChunks(w)(f)
-	f.close()
-	wait()
-	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "changed while being read") {
-		t.Fatalf("shrunk file: %v", err)
+	for _, hold := range []bool{true, false} {
+		root := t.TempDir()
+		p := filepath.Join(root, "f")
+		if err := os.WriteFile(p, make([]byte, 5000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ra := newReadAhead(1 << 20)
+		if !hold {
+			for range heldFiles {
+				ra.fds <- struct{}{}
+			}
+		}
+		w := startWalk(root, ra)
+		<-w.done // the file is seen and its size taken
+		if err := os.Truncate(p, 100); err != nil {
+			t.Fatal(err)
+		}
+		f := newFanout(1)
+		wait := f.drain(0, func([]byte) error { return nil })
+		err := dumpChunks(w)(f)
+		f.close()
+		wait()
+		w.stop()
+		if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "changed while being read") {
+			t.Fatalf("shrunk file (held open %v): %v", hold, err)
+		}
 	}
 }
 
@@ -202,7 +220,7 @@ func TestDumpSinkFailure(t *testing.T) {
 	if err := os.Truncate(filepath.Join(root, "big"), 2*chunksInFlight*chunkSize); err != nil {
 		t.Fatal(err)
 	}
-	ra := newReadAhead(readAheadWindow)
+	ra := newReadAhead(64 << 20)
 	w := startWalk(root, ra)
 	f := newFanout(1)
 	boom := errors.New("disk full")

@@ -147,7 +147,7 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 	}
 
 	wctx, cancel := context.WithCancel(ctx)
-	walks := walkAll(wctx, todo, newReadAhead(readAheadWindow))
+	walks := walkAll(wctx, todo, newReadAhead(defaultWindow()))
 	fin := p.startFinisher(info)
 	var err error
 	for i := 0; err == nil; i++ {
@@ -186,10 +186,6 @@ type pathInfos struct {
 	infos []PathInfo
 	err   error
 }
-
-// readAheadWindow is how many bytes of files the walks may have asked the
-// kernel for ahead of the NAR being written.
-const readAheadWindow = 64 << 20
 
 // walks hands out one started walk per path, in order; a walk starts once
 // the one before it has visited its whole tree and been taken.
