@@ -28,10 +28,18 @@ import (
 // walkItems bounds the items a walker hands over ahead of its writer.
 const walkItems = 16384
 
-// heldFiles bounds the files all walks keep open for their writers;
-// past it a walk closes a file once it has asked for it to be read, and
-// the writer opens it again.
+// heldFiles bounds the files all walks keep open for their writers (and
+// a quarter of the process's limit does); past it a walk closes a file
+// once it has asked for it to be read, and the writer opens it again.
 const heldFiles = 1024
+
+func maxHeldFiles() int {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil {
+		return 16
+	}
+	return int(min(max(lim.Cur/4, 1), heldFiles))
+}
 
 // dumpItem is the next piece of a NAR: framing, then (file) the size bytes
 // of the file name, read from fd, or, when fd < 0, from name opened again;
@@ -60,7 +68,7 @@ type readAhead struct {
 }
 
 func newReadAhead(window int64) *readAhead {
-	return &readAhead{window: window, changed: make(chan struct{}), fds: make(chan struct{}, heldFiles)}
+	return &readAhead{window: window, changed: make(chan struct{}), fds: make(chan struct{}, maxHeldFiles())}
 }
 
 // holdFile takes a token for a file to keep open, if one is left.

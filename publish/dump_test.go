@@ -23,7 +23,7 @@ func dumpAll(t *testing.T, root string, window int64) ([]byte, error) {
 	t.Helper()
 	ra := newReadAhead(max(window, 0))
 	if window < 0 {
-		for range heldFiles {
+		for range cap(ra.fds) {
 			ra.fds <- struct{}{}
 		}
 	}
@@ -145,7 +145,7 @@ func TestDumpFileShrinks(t *testing.T) {
 		}
 		ra := newReadAhead(1 << 20)
 		if !hold {
-			for range heldFiles {
+			for range cap(ra.fds) {
 				ra.fds <- struct{}{}
 			}
 		}
