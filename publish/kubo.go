@@ -67,9 +67,14 @@ func (k *KuboAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
 		return cid.Undef, fmt.Errorf("kubo add: %w", resp.Error)
 	}
 	defer resp.Close()
-	// One event per file and directory added; the last names the root.
+	return parseAddAnswer(resp.Output)
+}
+
+// parseAddAnswer reads the events kubo's add answers with, one JSON object
+// per file and directory added; the last names the root.
+func parseAddAnswer(r io.Reader) (cid.Cid, error) {
 	var last struct{ Hash string }
-	dec := json.NewDecoder(resp.Output)
+	dec := json.NewDecoder(r)
 	for {
 		var ev struct{ Hash string }
 		if err := dec.Decode(&ev); errors.Is(err, io.EOF) {
@@ -81,7 +86,7 @@ func (k *KuboAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
 	}
 	c, err := cid.Parse(last.Hash)
 	if err != nil {
-		return cid.Undef, fmt.Errorf("kubo add answered no root CID: %w", err)
+		return cid.Undef, fmt.Errorf("kubo add answered no root CID (%q): %w", last.Hash, err)
 	}
 	return c, nil
 }

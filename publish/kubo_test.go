@@ -119,3 +119,17 @@ func TestKuboAdderErrors(t *testing.T) {
 		}
 	}
 }
+
+// Whatever kubo answers, reading it ends with a CID it named or an error.
+func FuzzParseAddAnswer(f *testing.F) {
+	f.Add([]byte(`{"Name":"","Hash":"bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy","Size":"3"}` + "\n"))
+	f.Add([]byte(`{"Name":"a","Bytes":4}{"Name":"","Hash":"QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"}`))
+	f.Add([]byte(`{"Hash":7}`))
+	f.Add([]byte(``))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := parseAddAnswer(bytes.NewReader(data))
+		if err == nil && !c.Defined() {
+			t.Fatalf("no error and no CID from %q", data)
+		}
+	})
+}
