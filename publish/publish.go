@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -23,6 +24,9 @@ type Options struct {
 	// MaxEntries refuses a store path of more entries (files,
 	// directories, symlinks); 0 means narindex.MaxListingEntries.
 	MaxEntries int
+	// Streams is how many store paths stream into kubo at once; 0 means
+	// 2.
+	Streams int
 }
 
 // Publisher writes store paths into IPFS and a binary cache directory.
@@ -91,14 +95,15 @@ func (p *Publisher) published(hashPart string) bool {
 // StorePaths publishes paths from the local Nix store, with their closure
 // unless closure is false.
 //
-// The paths stream one after another, each into kubo, the hash and
-// listing, and its NAR file at once. Around that, things overlap: without
-// the closure, the first path streams while Nix is asked what it recorded
-// about the paths (needed only to check them at the end); the walk of the
-// next path (opening and reading ahead its files) starts once this one's
-// walk is done; and the end of a path (syncing its NAR file, writing
-// listing and narinfo) runs while the next one streams. Narinfos are
-// still written in order, each only after its NAR and listing.
+// Each path streams into kubo, the hash and listing, and its NAR file at
+// once, and Options.Streams paths stream side by side. Around that, things
+// overlap: without the closure, the first paths stream while Nix is asked
+// what it recorded about them (needed only to check them at the end); the
+// walk of the next path (opening and reading ahead its files) starts once
+// the one before it is done; and the end of a path (syncing its NAR file,
+// writing listing and narinfo) runs while the next ones stream. Narinfos
+// are written in order, each only after its NAR and listing; a failure
+// stops the run, and no path after the failed one gets a narinfo.
 func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool) (Summary, error) {
 	var sum Summary
 	info := make(chan pathInfos, 1)
@@ -147,38 +152,119 @@ func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool
 	}
 
 	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	walks := walkAll(wctx, todo, newReadAhead(defaultWindow()))
 	fin := p.startFinisher(info)
-	var err error
-	for i := 0; err == nil; i++ {
+	run := &streamRun{failed: make(chan struct{}), cancel: cancel}
+	// Each path's result, collected in order: the finisher gets every
+	// path streamed up to the first that failed, none after it.
+	results := make([]chan *finishJob, len(todo))
+	for i := range results {
+		results[i] = make(chan *finishJob, 1)
+	}
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		stopped := false
+		for _, r := range results {
+			j := <-r
+			switch {
+			case stopped && j != nil:
+				j.discard()
+			case j == nil:
+				stopped = true
+			default:
+				fin.jobs <- j
+			}
+		}
+	}()
+	slots := make(chan struct{}, p.streams())
+	var streaming sync.WaitGroup
+	i := 0
+	for ; i < len(todo); i++ {
+		select {
+		case slots <- struct{}{}:
+		case <-run.failed:
+		}
+		if run.err() != nil {
+			break
+		}
+		if err := fin.failed(); err != nil {
+			run.fail(err)
+			break
+		}
 		w, ok := <-walks.ch
 		if !ok {
 			break
 		}
-		if err = fin.failed(); err != nil {
-			w.stop()
-			break
-		}
 		sp, _ := narindex.ParseStorePath(todo[i])
 		p.opts.Progress.Item(sp.Base(), fin.narSize(todo[i]))
-		var j *finishJob
-		j, err = p.stream(ctx, sp, w)
-		w.stop()
-		if err == nil {
-			fin.jobs <- j
-		}
+		streaming.Add(1)
+		go func(res chan<- *finishJob) {
+			defer streaming.Done()
+			j, err := p.stream(wctx, sp, w)
+			w.stop()
+			if err != nil {
+				run.fail(err)
+			}
+			res <- j
+			<-slots
+		}(results[i])
 	}
+	for ; i < len(todo); i++ {
+		results[i] <- nil
+	}
+	streaming.Wait()
+	<-collected
 	cancel()
 	walks.wait()
 	published, bytes, finErr := fin.close()
 	sum.Published += published
 	sum.Bytes += bytes
+	err := run.err()
 	if finErr != nil {
 		// A path Nix does not know, or one that differs from what it
 		// recorded, is the cause of what followed.
 		err = finErr
 	}
 	return sum, err
+}
+
+// defaultStreams is how many store paths stream into kubo at once: a
+// second hides the time each add waits on kubo and on its own files.
+const defaultStreams = 2
+
+func (p *Publisher) streams() int {
+	if p.opts.Streams > 0 {
+		return p.opts.Streams
+	}
+	return defaultStreams
+}
+
+// streamRun keeps the first failure of the paths streaming at once and
+// stops the others.
+type streamRun struct {
+	once   sync.Once
+	first  error
+	failed chan struct{} // closed after first is set
+	cancel func()
+}
+
+func (r *streamRun) fail(err error) {
+	r.once.Do(func() {
+		r.first = err
+		close(r.failed)
+		r.cancel()
+	})
+}
+
+func (r *streamRun) err() error {
+	select {
+	case <-r.failed:
+		return r.first
+	default:
+		return nil
+	}
 }
 
 // pathInfos is the answer of QueryPathInfo.
@@ -231,6 +317,12 @@ type finishJob struct {
 	sp  narindex.StorePath
 	in  *ingested
 	tmp *os.File
+}
+
+// discard drops a streamed path that will not be finished.
+func (j *finishJob) discard() {
+	j.tmp.Close()
+	os.Remove(j.tmp.Name())
 }
 
 // stream sends the NAR of a walk into kubo, the hash and listing, and a
@@ -289,8 +381,7 @@ func (p *Publisher) startFinisher(info chan pathInfos) *finisher {
 					p.opts.Progress.Finished(pi.NarSize)
 				}
 			}
-			j.tmp.Close()
-			os.Remove(j.tmp.Name()) // gone already when renamed
+			j.discard() // the NAR file is gone already when renamed
 		}
 	}()
 	return f

@@ -336,19 +336,20 @@ func addStorePaths(t *testing.T, n int) ([]string, map[string][]byte) {
 	return paths, nars
 }
 
-// nthFailingAdder fails its nth call, after reading a little.
-type nthFailingAdder struct {
+// failingAdderFor fails, after reading a little, to add the NAR that
+// starts as fail does.
+type failingAdderFor struct {
 	Adder
-	n, calls int
+	fail []byte
 }
 
-func (a *nthFailingAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
-	a.calls++
-	if a.calls == a.n {
-		io.CopyN(io.Discard, r, 1000)
+func (a *failingAdderFor) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
+	head := make([]byte, 1000)
+	n, _ := io.ReadFull(r, head)
+	if bytes.Equal(head[:n], a.fail[:min(len(a.fail), 1000)]) {
 		return cid.Undef, errors.New("kubo went away")
 	}
-	return a.Adder.Add(ctx, r)
+	return a.Adder.Add(ctx, io.MultiReader(bytes.NewReader(head[:n]), r))
 }
 
 // tempFiles lists what a run left in nar/ besides NAR files.
@@ -368,10 +369,16 @@ func leftovers(t *testing.T, to string) []string {
 // overlapping: each is published as if alone.
 func TestStorePathsSeveral(t *testing.T) {
 	paths, nars := addStorePaths(t, 4)
+	for _, streams := range []int{0, 1, 3} {
+		storePathsSeveral(t, paths, nars, streams)
+	}
+}
+
+func storePathsSeveral(t *testing.T, paths []string, nars map[string][]byte, streams int) {
 	key := testKey(t)
 	st := fetchtest.NewStore()
 	to := t.TempDir()
-	p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key})
+	p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key, Streams: streams})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,34 +404,37 @@ func TestStorePathsSeveral(t *testing.T) {
 	}
 }
 
-// A failure in the middle of a run stops it: the paths before it are
-// published completely, none after it, nothing temporary is left behind
-// and no file stays open.
+// A failure in the middle of a run stops it: no path after it gets a
+// narinfo (the one before it does when streaming one at a time, and may
+// when two stream side by side), nothing temporary is left behind and no
+// file stays open.
 func TestStorePathsFailureStops(t *testing.T) {
-	paths, _ := addStorePaths(t, 4)
-	fds := openFDs(t)
-	to := t.TempDir()
-	add := &nthFailingAdder{Adder: storeAdder{fetchtest.NewStore()}, n: 2}
-	p, err := New(add, Options{To: to})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum, err := p.StorePaths(context.Background(), paths, false)
-	if err == nil || !strings.Contains(err.Error(), "went away") {
-		t.Fatalf("StorePaths: %v", err)
-	}
-	if sum.Published != 1 || add.calls != 2 {
-		t.Fatalf("published %d, %d adds; want 1 and 2", sum.Published, add.calls)
-	}
-	infos, _ := filepath.Glob(filepath.Join(to, "*.narinfo"))
-	if len(infos) != 1 {
-		t.Fatalf("%d narinfos written, want 1", len(infos))
-	}
-	if left := leftovers(t, to); len(left) > 0 {
-		t.Errorf("temporary files left: %v", left)
-	}
-	if n := openFDs(t); n != fds {
-		t.Errorf("%d files open after the run, %d before", n, fds)
+	paths, nars := addStorePaths(t, 4)
+	for _, streams := range []int{1, 2, 3} {
+		fds := openFDs(t)
+		to := t.TempDir()
+		add := &failingAdderFor{Adder: storeAdder{fetchtest.NewStore()}, fail: nars[paths[1]]}
+		p, err := New(add, Options{To: to, Streams: streams})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := p.StorePaths(context.Background(), paths, false)
+		if err == nil || !strings.Contains(err.Error(), "went away") {
+			t.Fatalf("streams %d: StorePaths: %v", streams, err)
+		}
+		infos, _ := filepath.Glob(filepath.Join(to, "*.narinfo"))
+		if len(infos) != sum.Published || sum.Published > 1 || (streams == 1 && sum.Published != 1) {
+			t.Fatalf("streams %d: published %d, %d narinfos written", streams, sum.Published, len(infos))
+		}
+		if sp, _ := narindex.ParseStorePath(paths[0]); len(infos) == 1 && filepath.Base(infos[0]) != sp.Hash+".narinfo" {
+			t.Fatalf("streams %d: narinfo %s written, not the first path's", streams, infos[0])
+		}
+		if left := leftovers(t, to); len(left) > 0 {
+			t.Errorf("streams %d: temporary files left: %v", streams, left)
+		}
+		if n := openFDs(t); n != fds {
+			t.Errorf("streams %d: %d files open after the run, %d before", streams, n, fds)
+		}
 	}
 }
 
