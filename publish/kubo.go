@@ -56,6 +56,7 @@ func (k *KuboAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
 		Option("inline", false).
 		Option("pin", true).
 		Option("progress", false).
+		Option("quieter", true). // only the root, as `ipfs add -Q`
 		Header("Content-Type", "multipart/form-data; boundary="+boundary).
 		Header("Content-Disposition", `form-data; name="files"`).
 		Body(io.MultiReader(strings.NewReader(head), r, strings.NewReader(tail))).
