@@ -420,7 +420,9 @@ func (d *dumpWriter) put(p []byte) error {
 }
 
 // copyFile reads the item's size bytes straight into chunks, giving back
-// its share of the read-ahead window as it goes.
+// its share of the read-ahead window as it goes. A file larger than the
+// part the walk asked for is asked for further ahead as it is read, a
+// step at a time, for kernels whose own read-ahead is short.
 func (d *dumpWriter) copyFile(it *dumpItem) error {
 	fd := it.fd
 	if fd < 0 {
@@ -438,7 +440,14 @@ func (d *dumpWriter) copyFile(it *dumpItem) error {
 		}
 	}
 	left := it.size
+	step := max(d.ra.window/8, 1<<20)
+	advised := it.charge // the walk asked for [0, charge)
 	for left > 0 {
+		if off := it.size - left; advised < it.size && off+step >= advised {
+			n := min(step, it.size-advised)
+			unix.Fadvise(fd, advised, n, unix.FADV_WILLNEED) // advice only
+			advised += n
+		}
 		r, err := d.room()
 		if err != nil {
 			return err
