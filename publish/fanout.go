@@ -156,6 +156,7 @@ type chunkReader struct {
 	in  chan *chunk
 	cur *chunk
 	off int
+	eof atomic.Bool // the whole stream was read
 }
 
 func (f *fanout) reader(i int) *chunkReader { return &chunkReader{f: f, in: f.sinks[i]} }
@@ -170,6 +171,7 @@ func (r *chunkReader) next() error {
 		if err := r.f.failed(); err != nil {
 			return err
 		}
+		r.eof.Store(true)
 		return io.EOF
 	}
 	r.cur, r.off = c, 0
@@ -207,12 +209,15 @@ func (r *chunkReader) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-// discard releases whatever the uploader left unread.
-func (r *chunkReader) discard() {
+// discard releases whatever the uploader left unread and reports whether
+// it had read everything.
+func (r *chunkReader) discard() bool {
+	read := r.eof.Load()
 	for r.next() == nil {
 	}
 	if r.cur != nil {
 		r.f.release(r.cur)
 		r.cur = nil
 	}
+	return read
 }

@@ -70,8 +70,10 @@ func ingestFrom(ctx context.Context, add Adder, source func(*fanout) error, extr
 		f.fail(err)
 	}
 	// Whatever add did not consume is still hashed and parsed by the
-	// other sinks.
-	up.discard()
+	// other sinks; but a root for part of the NAR is no root for it.
+	if !up.discard() && err == nil {
+		err = errors.New("kubo answered before it had read the whole NAR")
+	}
 	<-srcDone
 	waitHash()
 	waitExtra()

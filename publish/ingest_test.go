@@ -110,3 +110,19 @@ func TestDecompressUnknown(t *testing.T) {
 		t.Fatal("s3 accepted as --from")
 	}
 }
+
+// shortAdder answers with the root of what it read, having read only part.
+type shortAdder struct{ storeAdder }
+
+func (a shortAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
+	return a.storeAdder.Add(ctx, io.LimitReader(r, 1000))
+}
+
+// A root for part of the NAR is refused.
+func TestIngestAdderReadsPart(t *testing.T) {
+	nar := testNar(t)
+	_, err := ingest(context.Background(), shortAdder{storeAdder{fetchtest.NewStore()}}, bytes.NewReader(nar), nil, 0)
+	if err == nil || !strings.Contains(err.Error(), "whole NAR") {
+		t.Fatalf("root of a part accepted: %v", err)
+	}
+}
