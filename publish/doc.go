@@ -16,4 +16,12 @@
 // IpfsCidSig signs it with the CID (fingerprint ipnix-cid-2). A path is
 // skipped when its entry is current: a CID, a listing matching IpfsLsHash
 // and, with a key, a CID signature by that key.
+//
+// A store path is read once: a walk opens its files in NAR order and asks
+// the kernel to read them ahead (within a window shared with the walk of
+// the next path), and the NAR is written straight into 1 MiB chunks that
+// the upload to kubo, the hash and listing, and the NAR file (written with
+// O_DIRECT where the file system allows) share without copies. Two paths
+// stream side by side; syncing a NAR file and writing its listing and
+// narinfo overlap the next paths' streaming.
 package publish

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/ipfs/go-cid"
 
@@ -22,32 +21,67 @@ type ingested struct {
 	listing []byte
 }
 
-// ingest streams a NAR once: into IPFS through add, into a SHA-256, into
-// the listing builder (which also validates the NAR and refuses more than
-// maxEntries entries; 0 means the default), and into extra (may be nil).
-// The caller checks hash and size against what it was promised.
-func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer, maxEntries int) (*ingested, error) {
-	h := sha256.New()
-	cnt := &counter{}
-	lb := narindex.NewListingBuilderLimit(maxEntries)
-	writers := []io.Writer{h, cnt, lb}
+// ingest streams a NAR read from r once: into IPFS through add, into a
+// SHA-256, into the listing builder (which also validates the NAR and
+// refuses more than maxEntries entries; 0 means the default), and into
+// extra (may be nil). The caller checks hash and size against what it was
+// promised.
+func ingest(ctx context.Context, add Adder, r io.Reader, extra io.Writer, maxEntries int) (*ingested, error) {
+	return ingestFrom(ctx, add, readChunks(r), extra, maxEntries)
+}
+
+// ingestFrom is ingest for a source that fills chunks itself. The upload,
+// the hash and listing, and extra each run on their own, side by side,
+// sharing the source's chunks; the slowest sets the pace. A malformed
+// NAR fails the listing builder, and with it the upload, early.
+func ingestFrom(ctx context.Context, add Adder, source func(*fanout) error, extra io.Writer, maxEntries int) (*ingested, error) {
+	nsinks := 2
 	if extra != nil {
-		writers = append(writers, extra)
+		nsinks = 3
 	}
-	// Hashing, parsing and writing the NAR file run beside the upload,
-	// not in its path. A malformed NAR fails the side writer, and with it
-	// the upload, early.
-	side := newAsyncWriter(io.MultiWriter(writers...))
-	src := io.TeeReader(nar, side)
-	c, err := add.Add(ctx, src)
-	if err == nil {
-		// Whatever add did not consume still has to be hashed and parsed.
-		_, err = io.Copy(io.Discard, src)
+	f := newFanout(nsinks)
+	h := sha256.New()
+	var size uint64
+	lb := narindex.NewListingBuilderLimit(maxEntries)
+	waitHash := f.drain(1, func(p []byte) error {
+		h.Write(p)
+		size += uint64(len(p))
+		_, err := lb.Write(p)
+		return err
+	})
+	waitExtra := func() error { return nil }
+	if extra != nil {
+		waitExtra = f.drain(2, func(p []byte) error {
+			_, err := extra.Write(p)
+			return err
+		})
 	}
-	if sideErr := side.Close(); sideErr != nil {
-		// The side's failure (a malformed NAR, a full disk) is the cause
-		// of whatever add made of it.
-		err = sideErr
+	srcDone := make(chan struct{})
+	go func() {
+		defer close(srcDone)
+		if err := source(f); err != nil {
+			f.fail(err)
+		}
+		f.close()
+	}()
+	up := f.reader(0)
+	c, err := add.Add(ctx, up)
+	if err != nil {
+		f.fail(err)
+	}
+	// Whatever add did not consume is still hashed and parsed by the
+	// other sinks; but a root for part of the NAR is no root for it.
+	if !up.discard() && err == nil {
+		err = errors.New("kubo answered before it had read the whole NAR")
+	}
+	<-srcDone
+	waitHash()
+	waitExtra()
+	f.recycle()
+	if ferr := f.failed(); ferr != nil {
+		// The first failure (a malformed NAR, an unreadable file, a full
+		// disk) is the cause of whatever add made of it.
+		err = ferr
 	}
 	if err != nil {
 		if errors.Is(err, narindex.ErrMalformedNAR) || errors.Is(err, narindex.ErrTooManyEntries) {
@@ -63,12 +97,29 @@ func ingest(ctx context.Context, add Adder, nar io.Reader, extra io.Writer, maxE
 	if err != nil {
 		return nil, err
 	}
-	return &ingested{cid: c, hash: narindex.SHA256(h.Sum(nil)), size: cnt.n, listing: data}, nil
+	return &ingested{cid: c, hash: narindex.SHA256(h.Sum(nil)), size: size, listing: data}, nil
 }
 
-type counter struct{ n uint64 }
-
-func (c *counter) Write(p []byte) (int, error) { c.n += uint64(len(p)); return len(p), nil }
+// readChunks is the source for a NAR read from r.
+func readChunks(r io.Reader) func(*fanout) error {
+	return func(f *fanout) error {
+		for {
+			c, err := f.get()
+			if err != nil {
+				return err
+			}
+			n, err := io.ReadFull(r, c.b[:chunkSize])
+			c.b = c.b[:n]
+			f.send(c)
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
 
 // checkNar compares what was ingested with what the source promised.
 func (in *ingested) check(what string, want narindex.Hash, wantSize uint64) error {
@@ -79,55 +130,4 @@ func (in *ingested) check(what string, want narindex.Hash, wantSize uint64) erro
 		return fmt.Errorf("%s: NAR hash is %s, expected %s", what, in.hash, want)
 	}
 	return nil
-}
-
-// asyncWriter hands writes to a goroutine through a short queue of copies,
-// so that a slow writer below delays the caller only when the queue is
-// full. The first error below is returned by later writes and by Close.
-type asyncWriter struct {
-	ch   chan []byte
-	done chan struct{}
-	w    io.Writer
-	err  error         // the first error below, set once
-	fail chan struct{} // closed after err is set
-	once sync.Once
-}
-
-func newAsyncWriter(w io.Writer) *asyncWriter {
-	a := &asyncWriter{ch: make(chan []byte, 16), done: make(chan struct{}), fail: make(chan struct{}), w: w}
-	go func() {
-		defer close(a.done)
-		for p := range a.ch {
-			if a.err != nil {
-				continue
-			}
-			if _, err := a.w.Write(p); err != nil {
-				a.err = err
-				close(a.fail)
-			}
-		}
-	}()
-	return a
-}
-
-func (a *asyncWriter) Write(p []byte) (int, error) {
-	// a.err is written before fail closes, and never again.
-	select {
-	case <-a.fail:
-		return 0, a.err
-	default:
-	}
-	select {
-	case a.ch <- bytes.Clone(p):
-		return len(p), nil
-	case <-a.fail:
-		return 0, a.err
-	}
-}
-
-// Close waits for every queued write and returns the first error.
-func (a *asyncWriter) Close() error {
-	a.once.Do(func() { close(a.ch) })
-	<-a.done
-	return a.err
 }

@@ -111,33 +111,18 @@ func TestDecompressUnknown(t *testing.T) {
 	}
 }
 
-type failAfter struct{ left int }
+// shortAdder answers with the root of what it read, having read only part.
+type shortAdder struct{ storeAdder }
 
-func (f *failAfter) Write(p []byte) (int, error) {
-	if len(p) > f.left {
-		return 0, errors.New("disk full")
-	}
-	f.left -= len(p)
-	return len(p), nil
+func (a shortAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
+	return a.storeAdder.Add(ctx, io.LimitReader(r, 1000))
 }
 
-// A failure below the async writer reaches its caller, and writes after it
-// do not block.
-func TestAsyncWriterError(t *testing.T) {
-	a := newAsyncWriter(&failAfter{left: 10})
-	var werr error
-	for range 1000 {
-		if _, werr = a.Write(make([]byte, 4)); werr != nil {
-			break
-		}
-	}
-	if err := a.Close(); err == nil || err.Error() != "disk full" {
-		t.Fatalf("Close: %v, want disk full", err)
-	}
-	if werr == nil {
-		t.Fatal("writes kept succeeding after the writer below failed")
-	}
-	if _, err := a.Write([]byte("x")); err == nil {
-		t.Fatal("write after failure succeeded")
+// A root for part of the NAR is refused.
+func TestIngestAdderReadsPart(t *testing.T) {
+	nar := testNar(t)
+	_, err := ingest(context.Background(), shortAdder{storeAdder{fetchtest.NewStore()}}, bytes.NewReader(nar), nil, 0)
+	if err == nil || !strings.Contains(err.Error(), "whole NAR") {
+		t.Fatalf("root of a part accepted: %v", err)
 	}
 }

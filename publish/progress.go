@@ -36,14 +36,18 @@ func (p *Progress) Start(n int) {
 	p.start, p.total = time.Now(), n
 }
 
-// Item announces the item being worked on.
+// Item announces the item being worked on, of size NAR bytes (0: not
+// known yet).
 func (p *Progress) Item(name string, size uint64) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.current = fmt.Sprintf("%s (%s)", name, HumanBytes(size))
+	p.current = name
+	if size > 0 {
+		p.current = fmt.Sprintf("%s (%s)", name, HumanBytes(size))
+	}
 	p.draw(false)
 }
 

@@ -2,16 +2,13 @@ package publish
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -25,6 +22,9 @@ type Options struct {
 	// MaxEntries refuses a store path of more entries (files,
 	// directories, symlinks); 0 means narindex.MaxListingEntries.
 	MaxEntries int
+	// Streams is how many store paths stream into kubo at once; 0 means
+	// 2.
+	Streams int
 }
 
 // Publisher writes store paths into IPFS and a binary cache directory.
@@ -88,82 +88,6 @@ func (p *Publisher) published(hashPart string) bool {
 		return ni.VerifyCidSig([]narindex.PublicKey{k.Public()}) == nil
 	}
 	return true
-}
-
-// StorePaths publishes paths from the local Nix store, with their closure
-// unless closure is false.
-func (p *Publisher) StorePaths(ctx context.Context, paths []string, closure bool) (Summary, error) {
-	var sum Summary
-	infos, err := QueryPathInfo(ctx, paths, closure)
-	if err != nil {
-		return sum, err
-	}
-	p.opts.Progress.Start(len(infos))
-	defer p.opts.Progress.Done()
-	for i := range infos {
-		pi := &infos[i]
-		sp, _ := narindex.ParseStorePath(pi.Path)
-		p.opts.Progress.Item(sp.Base(), pi.NarSize)
-		if p.published(sp.Hash) {
-			sum.Skipped++
-			p.opts.Progress.Skipped()
-			continue
-		}
-		if err := p.storePath(ctx, pi, sp); err != nil {
-			return sum, err
-		}
-		sum.Published++
-		sum.Bytes += pi.NarSize
-		p.opts.Progress.Finished(pi.NarSize)
-	}
-	return sum, nil
-}
-
-// warmWindow is how far ahead of the NAR being written the files of a
-// store path are read in.
-const warmWindow = 32 << 20
-
-func (p *Publisher) storePath(ctx context.Context, pi *PathInfo, sp narindex.StorePath) error {
-	ni, err := pi.narInfo()
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Join(p.opts.To, "nar"), ".tmp-*.nar")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-
-	pr, pw := io.Pipe()
-	var dumped atomic.Int64
-	stopWarm := warmAhead(pi.Path, &dumped, warmWindow)
-	go func() { pw.CloseWithError(narindex.DumpPath(progressWriter{pw, &dumped}, pi.Path)) }()
-	in, err := ingest(ctx, p.add, pr, tmp, p.opts.MaxEntries)
-	pr.Close()
-	stopWarm()
-	if err != nil {
-		return fmt.Errorf("%s: %w", pi.Path, err)
-	}
-	if err := in.check(pi.Path, ni.NarHash, ni.NarSize); err != nil {
-		return fmt.Errorf("%w (the store path differs from what the Nix database recorded; try nix-store --verify --check-contents)", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	// Readable by a web server serving the directory, as the narinfos.
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	narFile := "nar/" + narindex.EncodeNix32(in.hash.Digest) + ".nar"
-	if err := os.Rename(tmp.Name(), filepath.Join(p.opts.To, narFile)); err != nil {
-		return err
-	}
-	ni.URL = narFile
-	ni.Compression = "none"
-	ni.FileHash = in.hash.String()
-	ni.FileSize = in.size
-	return p.finish(sp, ni, in)
 }
 
 // finish writes the listing and then, atomically, the narinfo, with the

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ipfs/go-cid"
+
 	"github.com/ipnix/ipnix/fetch/fetchtest"
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -297,5 +299,188 @@ func TestStorePathsSignsListing(t *testing.T) {
 	checkPublished(t, st, to, sp, nar, key)
 	if sum, err := p.StorePaths(context.Background(), []string{path}, false); err != nil || sum.Skipped != 1 {
 		t.Fatalf("second StorePaths: %+v, %v", sum, err)
+	}
+}
+
+// addStorePaths puts n small trees into the Nix store and returns their
+// paths and NARs.
+func addStorePaths(t *testing.T, n int) ([]string, map[string][]byte) {
+	t.Helper()
+	if _, err := exec.LookPath("nix-store"); err != nil {
+		if os.Getenv("IPNIX_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("nix-store not installed")
+		}
+		t.Skip("nix-store not installed")
+	}
+	var paths []string
+	nars := map[string][]byte{}
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), "ipnix-publish-multi")
+		os.MkdirAll(filepath.Join(dir, "lib"), 0o755)
+		for j := range 20 {
+			os.WriteFile(filepath.Join(dir, "lib", strings.Repeat("f", j+1)), bytes.Repeat([]byte{byte(i), byte(j)}, 1000*j+i), 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "big"), bytes.Repeat([]byte{byte(i)}, 3*chunkSize+i), 0o644)
+		out, err := exec.Command("nix-store", "--add", dir).Output()
+		if err != nil {
+			t.Fatalf("nix-store --add: %v", err)
+		}
+		path := strings.TrimSpace(string(out))
+		nar, err := exec.Command("nix-store", "--dump", path).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
+		nars[path] = nar
+	}
+	return paths, nars
+}
+
+// failingAdderFor fails, after reading a little, to add the NAR that
+// starts as fail does.
+type failingAdderFor struct {
+	Adder
+	fail []byte
+}
+
+func (a *failingAdderFor) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
+	head := make([]byte, 1000)
+	n, _ := io.ReadFull(r, head)
+	if bytes.Equal(head[:n], a.fail[:min(len(a.fail), 1000)]) {
+		return cid.Undef, errors.New("kubo went away")
+	}
+	return a.Adder.Add(ctx, io.MultiReader(bytes.NewReader(head[:n]), r))
+}
+
+// tempFiles lists what a run left in nar/ besides NAR files.
+func leftovers(t *testing.T, to string) []string {
+	t.Helper()
+	var left []string
+	ents, _ := os.ReadDir(filepath.Join(to, "nar"))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp") {
+			left = append(left, e.Name())
+		}
+	}
+	return left
+}
+
+// Several paths stream one after another with their walks and ends
+// overlapping: each is published as if alone.
+func TestStorePathsSeveral(t *testing.T) {
+	paths, nars := addStorePaths(t, 4)
+	for _, streams := range []int{0, 1, 3} {
+		storePathsSeveral(t, paths, nars, streams)
+	}
+}
+
+func storePathsSeveral(t *testing.T, paths []string, nars map[string][]byte, streams int) {
+	key := testKey(t)
+	st := fetchtest.NewStore()
+	to := t.TempDir()
+	p, err := New(storeAdder{st}, Options{To: to, SecretKey: &key, Streams: streams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.StorePaths(context.Background(), paths, false)
+	if err != nil || sum.Published != 4 {
+		t.Fatalf("StorePaths: %+v, %v", sum, err)
+	}
+	var total uint64
+	for _, path := range paths {
+		sp, _ := narindex.ParseStorePath(path)
+		ni := checkPublished(t, st, to, sp, nars[path], key)
+		got, err := os.ReadFile(filepath.Join(to, ni.URL))
+		if err != nil || !bytes.Equal(got, nars[path]) {
+			t.Errorf("%s: NAR file differs from nix-store --dump (%v)", ni.URL, err)
+		}
+		total += uint64(len(nars[path]))
+	}
+	if sum.Bytes != total {
+		t.Errorf("Summary.Bytes %d, want %d", sum.Bytes, total)
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// A failure in the middle of a run stops it: no path after it gets a
+// narinfo (the one before it does when streaming one at a time, and may
+// when two stream side by side), nothing temporary is left behind and no
+// file stays open.
+func TestStorePathsFailureStops(t *testing.T) {
+	paths, nars := addStorePaths(t, 4)
+	for _, streams := range []int{1, 2, 3} {
+		fds := openFDs(t)
+		to := t.TempDir()
+		add := &failingAdderFor{Adder: storeAdder{fetchtest.NewStore()}, fail: nars[paths[1]]}
+		p, err := New(add, Options{To: to, Streams: streams})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := p.StorePaths(context.Background(), paths, false)
+		if err == nil || !strings.Contains(err.Error(), "went away") {
+			t.Fatalf("streams %d: StorePaths: %v", streams, err)
+		}
+		infos, _ := filepath.Glob(filepath.Join(to, "*.narinfo"))
+		if len(infos) != sum.Published || sum.Published > 1 || (streams == 1 && sum.Published != 1) {
+			t.Fatalf("streams %d: published %d, %d narinfos written", streams, sum.Published, len(infos))
+		}
+		if sp, _ := narindex.ParseStorePath(paths[0]); len(infos) == 1 && filepath.Base(infos[0]) != sp.Hash+".narinfo" {
+			t.Fatalf("streams %d: narinfo %s written, not the first path's", streams, infos[0])
+		}
+		if left := leftovers(t, to); len(left) > 0 {
+			t.Errorf("streams %d: temporary files left: %v", streams, left)
+		}
+		if n := openFDs(t); n != fds {
+			t.Errorf("streams %d: %d files open after the run, %d before", streams, n, fds)
+		}
+	}
+}
+
+// A path that cannot be finished (here its NAR file cannot be put in
+// place) stops the run before any later narinfo is written.
+func TestStorePathsFinishFailureStops(t *testing.T) {
+	paths, nars := addStorePaths(t, 3)
+	sum := sha256.Sum256(nars[paths[0]]) // streamed first
+	to := t.TempDir()
+	blocker := filepath.Join(to, "nar", narindex.EncodeNix32(sum[:])+".nar", "x")
+	if err := os.MkdirAll(blocker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.StorePaths(context.Background(), paths, false)
+	if err == nil || s.Published != 0 {
+		t.Fatalf("StorePaths: %+v, %v", s, err)
+	}
+	if ni, _ := filepath.Glob(filepath.Join(to, "*.narinfo")); len(ni) != 0 {
+		t.Fatalf("narinfos written after a failure: %v", ni)
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// A path that is not in the store is an error naming it, though its walk
+// starts before Nix answers.
+func TestStorePathsUnknownPath(t *testing.T) {
+	paths, _ := addStorePaths(t, 1)
+	t.Setenv("NIX_CONFIG", "substituters =") // no attempt to download it
+	missing := "/nix/store/00000000000000000000000000000000-ipnix-missing"
+	to := t.TempDir()
+	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, list := range [][]string{{missing}, {paths[0], missing}, {missing, paths[0]}} {
+		if _, err := p.StorePaths(context.Background(), list, false); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("%v: %v", list, err)
+		}
+	}
+	if left := leftovers(t, to); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
 	}
 }

@@ -23,6 +23,7 @@ type publishConfig struct {
 	API       string
 	NoClosure bool
 	Chunker   string
+	Jobs      int
 	Debug     bool
 	Paths     []string
 }
@@ -54,6 +55,7 @@ func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
 	fs.BoolVar(&c.NoClosure, "no-closure", false, "publish only the paths named, not what they reference")
 	fs.StringVar(&c.Chunker, "chunker", publish.DefaultChunker, "kubo chunker for NARs (size-N, rabin-..., buzhash)")
+	fs.IntVarP(&c.Jobs, "jobs", "j", 2, "store paths to stream into kubo at once")
 	fs.BoolVar(&c.Debug, "debug", false, "log debug messages")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -69,6 +71,8 @@ func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
 		return nil, usageError{errors.New("publish needs STOREPATH arguments or --from CACHE")}
 	case c.From != "" && len(c.Paths) > 0:
 		return nil, usageError{errors.New("give either STOREPATH arguments or --from, not both")}
+	case c.Jobs < 1:
+		return nil, usageError{fmt.Errorf("--jobs %d: at least 1", c.Jobs)}
 	}
 	// Store paths as Nix users write them: /nix/store/..., a result
 	// symlink, <hash>-<name>.
@@ -116,6 +120,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		SecretKey: key,
 		Progress:  publish.NewProgress(stderr, isTerm),
 		Log:       log,
+		Streams:   c.Jobs,
 	})
 	if err != nil {
 		return err
