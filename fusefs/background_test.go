@@ -171,6 +171,7 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	readFiles(t, filepath.Join(e.dir, base2), fileNames(0, walkFiles+2)...)
 	waitFor(t, "a second walk", func() bool { return e.fsys.Walks.Started.Load() == 2 })
 	start := time.Now()
+	e.fsys.prefetch.Close() // as FS.Close does, first
 	e.fsys.bgCancel()
 	e.fsys.bg.Wait()
 	if e.fsys.Walks.Stopped.Load() != 2 {

@@ -216,11 +216,12 @@ func New(cfg Config) (*FS, error) {
 // Close stops background work (read-ahead, page pushing; local copies
 // being written get a few seconds to finish). Call it after unmounting.
 func (f *FS) Close() {
-	f.bgCancel()
-	f.bg.Wait()
+	// Read-ahead first: its workers hand leaves to background work.
 	if f.prefetch != nil {
 		f.prefetch.Close()
 	}
+	f.bgCancel()
+	f.bg.Wait()
 	if f.files != nil {
 		f.files.close()
 	}

@@ -22,6 +22,9 @@ type offered struct {
 
 // offerLeaf is the NAR's offer hook.
 func (sp *storePath) offerLeaf(start int64, data []byte) {
+	if sp.fs.bgCtx.Err() != nil {
+		return // closing
+	}
 	select {
 	case sp.offers <- offered{start, data}:
 	default:
