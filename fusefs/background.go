@@ -68,8 +68,12 @@ type walk struct {
 	// byOffset: the listing's non-empty files in NAR order, built on the
 	// first gap (under mu).
 	byOffset []*narindex.ListingNode
-	bytes    int64        // bytes read one after the other in the current file
-	limit    atomic.Int64 // where the walk stops: the end of a file, or of the NAR
+	bytes    int64 // bytes read one after the other in the current file
+	dirEnd   int64 // end of the directory a walk began in (0: none yet)
+	// dirEnds maps each file to the end of its directory, built on the
+	// first walk (under mu).
+	dirEnds map[*narindex.ListingNode]int64
+	limit   atomic.Int64 // where the walk stops: the end of a file, or of the NAR
 }
 
 // WalkStats counts background fetch work.
@@ -111,10 +115,23 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) (from in
 	files = w.files
 	var limit int64
 	switch {
+	case w.files >= walkFiles && w.dirEnd > 0 && off >= w.dirEnd:
+		// The walk went on past the end of the directory it began in:
+		// the rest of the path.
+		limit = sp.nar.Size()
 	case w.files >= walkFiles:
-		limit = sp.nar.Size() // a walk: the rest of the path
+		// A walk through a directory (a compiler reads the start of every
+		// file of a package to learn which to build): the rest of that
+		// directory, and more if the walk goes on past it.
+		if w.dirEnd == 0 {
+			w.dirEnd = sp.dirEnd(ln)
+		}
+		limit = w.dirEnd
 	case w.bytes >= walkBytes:
 		limit = ln.NarOffset + ln.Size // one large file read on: the rest of it
+	}
+	if !sequential {
+		w.dirEnd = 0
 	}
 	w.mu.Unlock()
 	if limit > w.limit.Load() {
@@ -156,6 +173,41 @@ func (sp *storePath) gapServed(from, to int64) (n int, ok bool) {
 		}
 	}
 	return n, true
+}
+
+// dirEnd returns the NAR offset where the directory holding file ln ends
+// (the end of its last file, at any depth). Called with walk.mu held.
+func (sp *storePath) dirEnd(ln *narindex.ListingNode) int64 {
+	if sp.walk.dirEnds == nil {
+		ends := map[*narindex.ListingNode]int64{}
+		var walk func(n *narindex.ListingNode) int64
+		walk = func(n *narindex.ListingNode) int64 {
+			var end int64
+			for _, c := range n.Entries {
+				switch c.Type {
+				case narindex.TypeRegular:
+					end = max(end, c.NarOffset+c.Size)
+				case narindex.TypeDirectory:
+					end = max(end, walk(c))
+				}
+			}
+			if n == sp.listing.Root {
+				end = sp.nar.Size() // the root's end is the NAR's
+			}
+			for _, c := range n.Entries {
+				if c.Type == narindex.TypeRegular {
+					ends[c] = end
+				}
+			}
+			return end
+		}
+		walk(sp.listing.Root)
+		sp.walk.dirEnds = ends
+	}
+	if e, ok := sp.walk.dirEnds[ln]; ok && e > 0 {
+		return e
+	}
+	return sp.nar.Size()
 }
 
 // listingFiles calls fn with every non-empty regular file of the listing.

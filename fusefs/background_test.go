@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -22,11 +23,22 @@ import (
 
 // walkTree is 48 small files, then a large one at the end of the NAR.
 func walkTree() fstest.MapFS {
-	tree := fstest.MapFS{"z-big": {Data: pattern(12<<20, 9), Mode: 0o444}}
+	tree := fstest.MapFS{"z-big": {Data: noise(12<<20, 9), Mode: 0o444}}
 	for i := range 48 {
 		tree[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: pattern(6000+i, byte(i)), Mode: 0o444}
 	}
 	return tree
+}
+
+// noise is n bytes without repeats, so that no two leaves share a CID
+// (pattern repeats every 256 bytes).
+func noise(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }
 
 // leavesOf returns the leaf CIDs of bytes [off, end) of base's NAR.
@@ -243,4 +255,55 @@ func TestBackgroundFetchStreams(t *testing.T) {
 			readFiles(t, root, append(fileNames(walkFiles+2, 48), "z-big")...)
 		})
 	}
+}
+
+// A walk through one directory fetches the rest of that directory only;
+// a walk that goes on past its end fetches the rest of the path.
+func TestBackgroundFetchStaysInDirectory(t *testing.T) {
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Readahead: 256 << 10})
+	tree := fstest.MapFS{"b/z-big": {Data: noise(12<<20, 7), Mode: 0o444}, "c/more": {Data: pattern(100, 8), Mode: 0o444}}
+	for i := range 48 {
+		tree[fmt.Sprintf("a/f%03d", i)] = &fstest.MapFile{Data: pattern(6000+i, byte(i)), Mode: 0o444}
+	}
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "dirs", nar, nar, ls)
+	l, _ := narindex.ParseListing(ls)
+	big, _ := l.Lookup("b/z-big")
+	bigLeaves := leavesOf(t, e, base, big.NarOffset+1<<20, big.NarOffset+big.Size)
+	root := filepath.Join(e.dir, base)
+	for i := range 48 {
+		name := fmt.Sprintf("a/f%03d", i)
+		got, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil || !bytes.Equal(got, tree[name].Data) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	waitFor(t, "a walk", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+	e.fsys.mu.Lock()
+	sp := e.fsys.paths[base]
+	e.fsys.mu.Unlock()
+	waitFor(t, "the walk of a/ to end", func() bool { return !sp.walk.on.Load() })
+	for _, c := range bigLeaves {
+		if e.mem.Contains(c) {
+			t.Fatalf("a walk through a/ fetched b/z-big: limit %d done %d, big at %d; walk bytes %d, read-ahead blocks %d, reads %d, pushes %d", sp.walk.limit.Load(), sp.walk.done.Load(), big.NarOffset, e.fsys.Walks.Bytes.Load(), e.fsys.PrefetchStats().Blocks.Load(), e.fsys.Stats.Reads.Load(), e.fsys.Stats.PagePushes.Load())
+		}
+	}
+	// Reading on into b/: the rest of the path.
+	f, err := os.Open(filepath.Join(root, "b/z-big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	if _, err := io.ReadFull(f, buf); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rest of the path fetched", func() bool {
+		for _, c := range bigLeaves {
+			if !e.mem.Contains(c) {
+				return false
+			}
+		}
+		return true
+	})
 }
