@@ -134,12 +134,9 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) (from in
 		w.dirEnd = 0
 	}
 	w.mu.Unlock()
-	if limit > w.limit.Load() {
-		w.limit.Store(limit) // races only with itself; a walker reads it between streams
-	}
+	raise(&w.limit, limit) // a walker reads it between streams
 	start := limit > 0
-	if end > w.front.Load() {
-		w.front.Store(end)
+	if raise(&w.front, end) {
 		select {
 		case w.moved <- struct{}{}:
 		default:
@@ -149,6 +146,20 @@ func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) (from in
 		f.startWalk(sp)
 	}
 	return from, files
+}
+
+// raise sets v to x if x is larger, and reports whether it did; concurrent
+// callers never make v smaller.
+func raise(v *atomic.Int64, x int64) bool {
+	for {
+		old := v.Load()
+		if x <= old {
+			return false
+		}
+		if v.CompareAndSwap(old, x) {
+			return true
+		}
+	}
 }
 
 // maxGapFiles bounds the files gapServed looks at.
