@@ -91,6 +91,9 @@ type faultServer struct {
 
 	Requests atomic.Int64 // block requests seen
 	Faulted  atomic.Int64 // block requests answered with a fault
+	// RangesFaulted counts requests for a range of a file's bytes (a Range
+	// header, ipnix's ranged and streamed fetches) answered with a fault.
+	RangesFaulted atomic.Int64
 }
 
 // startFaultGateway starts a fault-injecting HTTP trustless gateway in
@@ -216,6 +219,9 @@ func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Faulted.Add(1)
+	if r.Header.Get("Range") != "" {
+		s.RangesFaulted.Add(1)
+	}
 	switch mode {
 	case modeHang:
 		s.wait(r, 0)
@@ -239,7 +245,10 @@ func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 	rec := httptest.NewRecorder()
 	s.proxy.ServeHTTP(rec, r)
 	body := rec.Body.Bytes()
-	if rec.Code != http.StatusOK || len(body) == 0 {
+	// A block (200) or a range of a file's bytes (206): both are lied about
+	// the same way, keeping the status and Content-Range of the truth.
+	code := rec.Code
+	if (code != http.StatusOK && code != http.StatusPartialContent) || len(body) == 0 {
 		copyHeader(w.Header(), rec.Header())
 		w.WriteHeader(rec.Code)
 		w.Write(body)
@@ -251,16 +260,16 @@ func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 		body = bytes.Clone(body)
 		body[len(body)/2] ^= 0x10
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(code)
 		w.Write(body)
 	case modeTruncate:
 		body = body[:len(body)/2]
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(code)
 		w.Write(body)
 	case modeTrickle:
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(code)
 		fl := http.NewResponseController(w)
 		for i := range body {
 			if _, err := w.Write(body[i : i+1]); err != nil {
@@ -275,14 +284,14 @@ func (s *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 			// A gateway announces the length; kubo's RPC streams chunks.
 			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		}
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(code)
 		w.Write(body[:len(body)/2])
 		http.NewResponseController(w).Flush()
 		// Close the connection without finishing the body.
 		panic(http.ErrAbortHandler)
 	case modeStreamError:
 		w.Header().Set("Trailer", "X-Stream-Error")
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(code)
 		w.Write(body[:len(body)/2])
 		w.Header().Set("X-Stream-Error", "fault injected: block/get broke off")
 	default:

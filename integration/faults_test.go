@@ -402,6 +402,11 @@ func (e *faultEnv) gatewayFailover(t *testing.T) {
 			if gw.Faulted.Load() == 0 {
 				t.Errorf("the gateway faulted no request (%d seen)", gw.Requests.Load())
 			}
+			// share/big.bin is read in order: read-ahead asks for ranges of
+			// the NAR's bytes, and those are lied about too.
+			if gw.RangesFaulted.Load() == 0 {
+				t.Errorf("no ranged request was faulted (%d requests faulted)", gw.Faulted.Load())
+			}
 			failures := m.metric(t, "ipnix_fetch_failures_total")
 			mismatches := m.metric(t, "ipnix_fetch_hash_mismatches_total")
 			t.Logf("gateway requests %d, faulted %d; ipnix_fetch_failures_total %d, ipnix_fetch_hash_mismatches_total %d", gw.Requests.Load(), gw.Faulted.Load(), failures, mismatches)
