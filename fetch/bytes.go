@@ -77,27 +77,13 @@ func (f *File) FetchBytes(ctx context.Context, src ByteSource, run []LeafRange, 
 			return 0, fmt.Errorf("%w: leaf %d of %d at %d", ErrNotRawLeaves, i, len(run), l.Start)
 		}
 	}
-	from, to := run[0].Start, run[len(run)-1].Start+run[len(run)-1].Size
-	rc, err := src.GetBytes(ctx, f.rootCid, from, to)
-	if err != nil {
-		return 0, err
-	}
-	defer rc.Close()
-	for i, l := range run {
-		data := make([]byte, l.Size)
-		if _, err := io.ReadFull(rc, data); err != nil {
-			return i, fmt.Errorf("%s: bytes %d-%d of %s: after %d of %d leaves: %w", sourceName(src), from, to-1, f.rootCid, i, len(run), err)
-		}
-		if err := CheckBlock(l.Cid, data); err != nil {
-			return i, fmt.Errorf("%s: bytes %d-%d of %s: %w", sourceName(src), l.Start, l.Start+l.Size-1, f.rootCid, err)
-		}
-		b, err := blocks.NewBlockWithCid(data, l.Cid)
-		if err != nil {
-			return i, err
-		}
+	n := 0
+	_, err := f.Stream(ctx, src, run[0].Start, run[len(run)-1].Start+run[len(run)-1].Size, nil, func(_ LeafRange, b blocks.Block) error {
 		put(b)
-	}
-	return len(run), nil
+		n++
+		return nil
+	})
+	return n, err
 }
 
 // GetBytes asks the gateway for bytes [from, to) of the UnixFS file root,

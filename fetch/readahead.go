@@ -228,16 +228,7 @@ func (p *Prefetcher) fetchRunPart(ctx context.Context, j prefetchJob, run []Leaf
 	}
 	_, err := b.Fetch(ctx, j.f, run, func(blk blocks.Block) {
 		k := blk.Cid().KeyString()
-		if d := deliver[k]; d != nil {
-			d(blk)
-			delete(deliver, k)
-		} else if b.Put != nil {
-			b.Put(blk)
-		}
-		p.Stats.Blocks.Add(1)
-		for _, l := range at[k] {
-			j.f.Offer(l, blk)
-		}
+		p.arrived(j.f, at[k], blk, deliver)
 		delete(at, k)
 	})
 	p.Stats.Batches.Add(1)
@@ -337,17 +328,28 @@ func (p *Prefetcher) Stream(ctx context.Context, f *File, from, to int64, pace f
 		if err := pace(l.Start); err != nil {
 			return err
 		}
-		k := l.Cid.KeyString()
-		if d := deliver[k]; d != nil {
-			d(blk)
-			delete(deliver, k)
-		} else if (b.Held == nil || !b.Held(l.Cid)) && b.Put != nil {
-			b.Put(blk)
-		}
-		p.Stats.Blocks.Add(1)
-		f.Offer(l, blk)
+		p.arrived(f, []LeafRange{l}, blk, deliver)
 		return nil
 	})
+}
+
+// arrived stores a verified block that a batched fetch brought: to the
+// reader waiting for it (deliver, which loses the entry), else to Put
+// unless held already; and hands it to f's leaf hook as each of leaves
+// (the leaves it is, none for an intermediate node).
+func (p *Prefetcher) arrived(f *File, leaves []LeafRange, blk blocks.Block, deliver map[string]func(blocks.Block)) {
+	b := p.batch
+	k := blk.Cid().KeyString()
+	if d := deliver[k]; d != nil {
+		d(blk)
+		delete(deliver, k)
+	} else if (b.Held == nil || !b.Held(blk.Cid())) && b.Put != nil {
+		b.Put(blk)
+	}
+	p.Stats.Blocks.Add(1)
+	for _, l := range leaves {
+		f.Offer(l, blk)
+	}
 }
 
 // SetBatch makes the prefetcher fetch runs of several leaves through b,
