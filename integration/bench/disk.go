@@ -55,16 +55,11 @@ func (b *bench) b8DiskWrites() error {
 	return b.eachRound("B8", func(i int) error {
 		return alternate(i,
 			func() error {
-				args, done, err := b.cacheDir()
+				m, stop, err := b.mountCacheDir()
 				if err != nil {
 					return err
 				}
-				defer done()
-				m, err := b.mount(args...)
-				if err != nil {
-					return err
-				}
-				defer b.stopMount(m)
+				defer stop()
 				dropCaches()
 				pid := m.Cmd.Process.Pid
 				before, err := runenv.ProcIO(pid)
@@ -119,16 +114,11 @@ func (b *bench) b9Reread() error {
 	return b.eachRound("B9", func(i int) error {
 		return alternate(i,
 			func() error {
-				args, done, err := b.cacheDir()
+				m, stop, err := b.mountCacheDir()
 				if err != nil {
 					return err
 				}
-				defer done()
-				m, err := b.mount(args...)
-				if err != nil {
-					return err
-				}
-				defer b.stopMount(m)
+				defer stop()
 				file := filepath.Join(inMount(m, b.big), "big.bin")
 				first, err := coldCat(file)
 				if err != nil {

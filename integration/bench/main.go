@@ -412,6 +412,21 @@ func (b *bench) cacheDir() ([]string, func(), error) {
 	return []string{"--cache-dir", dir, "--cache-size", "2GiB"}, func() { os.RemoveAll(dir) }, nil
 }
 
+// mountCacheDir mounts with a fresh --cache-dir; stop unmounts and
+// removes the directory.
+func (b *bench) mountCacheDir() (*runenv.Mount, func(), error) {
+	args, done, err := b.cacheDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := b.mount(args...)
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return m, func() { b.stopMount(m); done() }, nil
+}
+
 // inMount is path's place in mount m.
 func inMount(m *runenv.Mount, storePath string) string {
 	return filepath.Join(m.Dir, strings.TrimPrefix(storePath, "/nix/store/"))
