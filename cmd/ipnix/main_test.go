@@ -85,6 +85,12 @@ func TestMountArgs(t *testing.T) {
 		{"flag-only words in -o", append(base, "-o", "batch-fetch,no-require-sigs,debug", "/mnt"), func(c *mountConfig) bool {
 			return c.rangeFetch() == "car" && c.NoRequireSigs && c.Debug
 		}, ""},
+		{"range-fetch default", append(base, "/mnt"), func(c *mountConfig) bool { return c.rangeFetch() == "bytes" && c.BackgroundFetch }, ""},
+		{"range-fetch off as -o", append(base, "-o", "range-fetch=off,background-fetch=false", "/mnt"), func(c *mountConfig) bool {
+			return c.rangeFetch() == "off" && !c.BackgroundFetch
+		}, ""},
+		{"range-fetch unknown", append(base, "--range-fetch", "blocks", "/mnt"), nil, `--range-fetch "blocks": want bytes, car or off`},
+		{"no-push-pages", append(base, "-o", "no-push-pages", "/mnt"), func(c *mountConfig) bool { return c.NoPushPages }, ""},
 		{"require-sigs undoes", append(base, "-o", "no-require-sigs,require-sigs", "/mnt"), func(c *mountConfig) bool { return !c.NoRequireSigs }, ""},
 		{"-o option is not an option", append(base, "-o", "option=debug", "/mnt"), nil, `unknown mount option "option"`},
 		{"unknown option names the word only", append(base, "-o", "trusted-public-keys=k:c2VjcmV0", "/mnt"), nil, `unknown mount option "trusted-public-keys"`},
@@ -275,6 +281,8 @@ func TestPublishArgs(t *testing.T) {
 		{[]string{"--to", "/tmp/c"}, "STOREPATH"},
 		{[]string{"--to", "/tmp/c", "--from", "/a", "/nix/store/00000000000000000000000000000000-x"}, "not both"},
 		{[]string{"--to", "/tmp/c", "/usr/bin/ls"}, `"/usr/bin/ls"`},
+		{[]string{"--to", "/tmp/c", "-j", "0", "/nix/store/00000000000000000000000000000000-x"}, "--jobs 0: at least 1"},
+		{[]string{"--to", "/tmp/c", "--jobs", "many", "/nix/store/00000000000000000000000000000000-x"}, "many"},
 	} {
 		_, err := parsePublishArgs(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
