@@ -88,7 +88,8 @@ type WalkStats struct {
 // walker when the reads have become a walk. It returns where the read
 // counts from for read-ahead in NAR order: the end of the previous read
 // when every file between them was served already (pushed into the
-// kernel's cache, so the reader never asked for it), else off.
+// kernel's cache, so the reader never asked for it), else off; and how
+// many files have been read one after the other.
 func (sp *storePath) noteWalk(ln *narindex.ListingNode, off, end int64) (from int64, files int) {
 	f := sp.fs
 	w := &sp.walk
