@@ -276,8 +276,18 @@ func TestStream(t *testing.T) {
 	rg, gw, f := newRangeGateway(t, 20<<20+5, fetchtest.Options{ChunkSize: 256 << 10, RawLeaves: true, MaxLinks: 16})
 	var got []fetch.LeafRange
 	var announced int
-	end, err := f.Stream(ctx, gw, 3<<20+7, 20<<20+5, func(ls []fetch.LeafRange) { announced += len(ls) },
+	var known int64 // end of the leaves announced so far
+	end, err := f.Stream(ctx, gw, 3<<20+7, 20<<20+5, func(ls []fetch.LeafRange) {
+		announced += len(ls)
+		known = ls[len(ls)-1].Start + ls[len(ls)-1].Size
+	},
 		func(l fetch.LeafRange, b blocks.Block) error {
+			// A reader close behind the stream finds its leaves
+			// announced (on their way) half a step ahead, whatever
+			// the step boundaries.
+			if want := min(l.Start+fetch.StreamStep/2, 20<<20+5); known < want {
+				t.Fatalf("leaf at %d delivered with leaves announced to %d only, want %d", l.Start, known, want)
+			}
 			if !bytes.Equal(b.RawData(), rg.data[l.Start:l.Start+l.Size]) || !b.Cid().Equals(l.Cid) {
 				t.Fatalf("leaf at %d: wrong block", l.Start)
 			}

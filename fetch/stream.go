@@ -57,17 +57,27 @@ func (f *File) Stream(ctx context.Context, src ByteSource, from, to int64, resol
 	if resolved != nil {
 		resolved(leaves)
 	}
+	// The next step is resolved while half a step is still ahead, so
+	// that a reader close behind finds its leaves on their way rather
+	// than fetching them one by one.
+	known := first[len(first)-1].Start + first[len(first)-1].Size
 	for pos < end {
-		if len(leaves) == 0 {
-			if leaves, err = f.Leaves(ctx, pos, min(pos+streamStep, end)); err != nil {
+		if known < end && known-pos < streamStep/2 {
+			next, err := f.Leaves(ctx, known, min(known+streamStep, end))
+			if err != nil {
 				return pos, err
 			}
-			if len(leaves) == 0 {
-				return pos, fmt.Errorf("%w: no leaves at %d", ErrMalformedDAG, pos)
+			if len(next) == 0 || next[0].Start != known {
+				return pos, fmt.Errorf("%w: no leaves at %d", ErrMalformedDAG, known)
 			}
 			if resolved != nil {
-				resolved(leaves)
+				resolved(next)
 			}
+			leaves = append(leaves, next...)
+			known = next[len(next)-1].Start + next[len(next)-1].Size
+		}
+		if len(leaves) == 0 {
+			return pos, fmt.Errorf("%w: no leaves at %d", ErrMalformedDAG, pos)
 		}
 		l := leaves[0]
 		leaves = leaves[1:]

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -105,11 +106,12 @@ func (b *bench) b8DiskWrites() error {
 
 // B9: a verified file re-read in the same mount at once after its
 // verification, with the page cache dropped in between (the local copies
-// of --cache-dir may not be written yet), against a native cold read.
+// of --cache-dir may not be written yet), against a native cold read of a
+// copy of the file written just before, as ipnix's local copy was.
 func (b *bench) b9Reread() error {
 	size := b.bigSize
 	r := b.newRow(row{ID: "B9", What: "re-read of the large file in the same mount, page cache dropped at once after its verifying cold read, --cache-dir",
-		Ipnix: figure{Unit: "MiB/s"}, Baseline: &figure{Label: "native cold", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput",
+		Ipnix: figure{Unit: "MiB/s"}, Baseline: &figure{Label: "native cold, fresh copy", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput",
 		Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
 	return b.eachRound("B9", func(i int) error {
 		return alternate(i,
@@ -143,9 +145,23 @@ func (b *bench) b9Reread() error {
 				return nil
 			},
 			func() error {
-				d, err := coldCat(b.bigFile)
+				d, err := b.coldCatFreshCopy()
 				r.base(mbps(size, d))
 				return err
 			})
 	})
+}
+
+// coldCatFreshCopy times a cold read of a copy of the large file written
+// just before, beside the cache dirs. The local copy ipnix reads in B2
+// and B9 was written moments ago too: reading the long-lived original
+// instead would let the host's cache of it (this is a virtual machine)
+// make the native side faster than any fresh file on the same disk.
+func (b *bench) coldCatFreshCopy() (time.Duration, error) {
+	fresh := filepath.Join(b.work, "native-copy.bin")
+	defer os.Remove(fresh)
+	if _, err := shell("cp '" + b.bigFile + "' '" + fresh + "'"); err != nil {
+		return 0, err
+	}
+	return coldCat(fresh)
 }
