@@ -22,6 +22,9 @@ type Stats struct {
 	// ExpectTimeouts counts readers that stopped waiting for a block on its
 	// way (a ranged fetch) and fetched it themselves.
 	ExpectTimeouts atomic.Int64
+	// EvictedUnread counts blocks that arrived by read-ahead or another
+	// batched fetch (Put) and left the cache before anything read them.
+	EvictedUnread atomic.Int64
 }
 
 // Memory is a byte-bounded LRU of blocks in front of another BlockGetter.
@@ -36,6 +39,7 @@ type Memory struct {
 
 	inflight singleflight.Group
 	pending  map[string]*expected // blocks on their way (see Expect), under mu
+	unread   map[string]bool      // put and not read since, under mu
 	demand   atomic.Int64         // readers (not background work) waiting for a fetch
 }
 
@@ -48,7 +52,7 @@ func (m *Memory) Demand() int64 { return m.demand.Load() }
 // A maxBytes of zero or less disables caching but still merges concurrent
 // fetches.
 func NewMemory(src fetch.BlockGetter, maxBytes int64) *Memory {
-	m := &Memory{src: src, maxBytes: maxBytes}
+	m := &Memory{src: src, maxBytes: maxBytes, unread: map[string]bool{}}
 	// The LRU's own bound is by count; the byte bound is kept in add.
 	m.lru, _ = simplelru.NewLRU[string, []byte](math.MaxInt32, func(_ string, v []byte) {
 		m.bytes -= int64(len(v))
@@ -80,10 +84,16 @@ func (m *Memory) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) 
 func (m *Memory) get(key string) ([]byte, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.lru.Get(key)
+	data, ok := m.lru.Get(key)
+	if ok {
+		delete(m.unread, key)
+	}
+	return data, ok
 }
 
-func (m *Memory) add(key string, data []byte) {
+func (m *Memory) add(key string, data []byte) { m.addAs(key, data, false) }
+
+func (m *Memory) addAs(key string, data []byte, unread bool) {
 	size := int64(len(data))
 	if size > m.maxBytes {
 		return
@@ -94,20 +104,28 @@ func (m *Memory) add(key string, data []byte) {
 		return
 	}
 	for m.bytes+size > m.maxBytes {
-		if _, _, ok := m.lru.RemoveOldest(); !ok {
+		k, _, ok := m.lru.RemoveOldest()
+		if !ok {
 			break
 		}
 		m.Stats.Evictions.Add(1)
+		if m.unread[k] {
+			delete(m.unread, k)
+			m.Stats.EvictedUnread.Add(1)
+		}
 	}
 	m.lru.Add(key, data)
 	m.bytes += size
+	if unread {
+		m.unread[key] = true
+	}
 }
 
 // Put stores a block that arrived by another path (a batched fetch), here
 // and in the layer below if that stores blocks too. The caller vouches that
 // it was verified.
 func (m *Memory) Put(b blocks.Block) {
-	m.add(string(b.Cid().Hash()), b.RawData())
+	m.addAs(string(b.Cid().Hash()), b.RawData(), true)
 	if p, ok := m.src.(interface{ Put(blocks.Block) }); ok {
 		p.Put(b)
 	}
@@ -118,6 +136,7 @@ func (m *Memory) Remove(c cid.Cid) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lru.Remove(string(c.Hash()))
+	delete(m.unread, string(c.Hash()))
 }
 
 // Contains reports whether the block named by c is held, without touching

@@ -211,3 +211,30 @@ func BenchmarkMemoryHit(b *testing.B) {
 		}
 	})
 }
+
+// Blocks that arrived by Put (read-ahead) and left before any read are
+// counted apart from other evictions.
+func TestMemoryCountsEvictedUnread(t *testing.T) {
+	ctx := context.Background()
+	st := fetchtest.NewStore()
+	cids := putBlocks(t, st, 6, 1000)
+	m := cache.NewMemory(fetch.Verify(st, nil), 3_000)
+	for _, c := range cids[:3] { // read-ahead brings three blocks
+		b, err := st.GetBlock(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Put(b)
+	}
+	if _, err := m.GetBlock(ctx, cids[0]); err != nil { // one is read
+		t.Fatal(err)
+	}
+	for _, c := range cids[3:] { // three reads of other blocks evict all three
+		if _, err := m.GetBlock(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, u := m.Stats.Evictions.Load(), m.Stats.EvictedUnread.Load(); e != 3 || u != 2 {
+		t.Fatalf("%d evictions, %d of them unread; want 3 and 2", e, u)
+	}
+}

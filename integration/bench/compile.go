@@ -55,6 +55,7 @@ type compileResult struct {
 	walkBytes int64 // ipnix_background_bytes_total
 	ahead     int64 // ipnix_readahead_blocks_total (0 without read-ahead)
 	evicted   int64 // ipnix_memory_cache_evictions_total: blocks that may be fetched again
+	unread    int64 // ipnix_memory_cache_evicted_unread_total: read-ahead wasted
 	said      string
 }
 
@@ -183,6 +184,9 @@ func (b *bench) compileCold(mount func(extra ...string) (*runenv.Mount, error), 
 		return r, err
 	}
 	r.ahead, _ = m.Metric("ipnix_readahead_blocks_total") // not served with --readahead 0
+	if r.unread, err = m.Metric("ipnix_memory_cache_evicted_unread_total"); err != nil {
+		return r, err
+	}
 	if r.evicted, err = m.Metric("ipnix_memory_cache_evictions_total"); err != nil {
 		return r, err
 	}
@@ -275,6 +279,7 @@ func (c compileRows) withReadahead(r compileResult) {
 	c.bytes.extra("background bytes", "B", float64(r.walkBytes))
 	c.bytes.extra("read-ahead blocks", "n", float64(r.ahead))
 	c.bytes.extra("memory-cache evictions", "n", float64(r.evicted))
+	c.bytes.extra("of them read-ahead never read", "n", float64(r.unread))
 	c.said(r)
 }
 

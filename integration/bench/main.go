@@ -87,6 +87,7 @@ type bench struct {
 
 func main() {
 	bigSize := flag.String("big", "256MiB", "size of the large file (B1, B2, B8, B9)")
+	memCache := flag.String("memory-cache", "64MiB", "the mounts' --memory-cache")
 	jsonOut := flag.String("json", "", "also write the results, every round's figures included, as JSON to this file")
 	rounds := flag.Int("rounds", 3, "rounds of every case, ipnix and baseline alternating; the table gives medians (3 or more for a table worth quoting)")
 	only := flag.String("only", "", "run only these cases, e.g. B1,B8 (default: all)")
@@ -97,6 +98,10 @@ func main() {
 	if err != nil {
 		fatal(fmt.Errorf("--big %q: %v", *bigSize, err))
 	}
+	mem, err := humanize.ParseBytes(*memCache)
+	if err != nil || mem < 1<<20 {
+		fatal(fmt.Errorf("--memory-cache %q: a size of at least 1MiB", *memCache))
+	}
 	if *rounds < 1 {
 		fatal(fmt.Errorf("--rounds %d: at least one", *rounds))
 	}
@@ -104,7 +109,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	b := &bench{log: os.Stderr, memCache: 64 << 20, rounds: *rounds, peak: make([]int64, *rounds), m: describeMachine()}
+	b := &bench{log: os.Stderr, memCache: int64(mem), rounds: *rounds, peak: make([]int64, *rounds), m: describeMachine()}
 	if *rounds < 3 {
 		b.logf("--rounds %d: fewer than 3 rounds, the figures are not fit to quote", *rounds)
 	}
