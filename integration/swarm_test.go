@@ -233,7 +233,8 @@ func TestSwarmMirror(t *testing.T) {
 	mirrorArgs := []string{"mirror", "--api", b.api, "--from", "file://" + cache, "--trusted-public-key", pub}
 	out, err = ipnixCmd(t, nil, mirrorArgs...)
 	t.Logf("ipnix mirror on B:\n%s", out)
-	if err != nil || !strings.Contains(out, "mirror: pinned 4 (") || !strings.Contains(out, "0 already pinned, 0 rejected, 0 without IpfsCid, 0 failed") {
+	if err != nil || !strings.Contains(out, "mirror: pinned 4 (") || !strings.Contains(out, "0 already pinned, 0 rejected, 0 without IpfsCid, 0 failed") ||
+		strings.Contains(out, "announces every block") {
 		t.Fatalf("ipnix mirror on B: %v\n%s", err, out)
 	}
 	pins := b.ipfs(t, nil, "pin", "ls", "--type=recursive")
@@ -336,10 +337,13 @@ func TestSwarmMirror(t *testing.T) {
 		t.Fatalf("read of %s at %d with A and B stopped: %v, want EIO", large, tail, r.err)
 	}
 
-	// What C read is served from its disk cache, in a fresh mount.
+	// What C read is served from its disk cache, in a fresh mount, with
+	// C's kubo (which holds the blocks it fetched) stopped too: no IPFS
+	// source is left.
 	if err := m.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	c.Stop()
 	m2 := startMount(t, mountArgs...)
 	lib := closure.path(t, "ipnix-test-lib")
 	var got string

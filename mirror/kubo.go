@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/client/rpc"
@@ -117,4 +118,34 @@ func parsePinAnswer(r io.Reader, want cid.Cid, progress func(PinProgress)) error
 		return errors.New("the answer ended without confirming the pin")
 	}
 	return nil
+}
+
+// AnnouncesEveryBlock reports whether the node announces every block it
+// stores to the routing system: kubo's default (Provide.Strategy unset or
+// "all", with Provide.Enabled not false), which at a binary cache's scale
+// is one provider record per 256 KiB rather than one per NAR.
+func (k *Kubo) AnnouncesEveryBlock(ctx context.Context) (bool, error) {
+	get := func(key string) (string, bool, error) {
+		var out struct{ Value any }
+		err := k.API.Request("config", key).Exec(ctx, &out)
+		if err != nil {
+			if strings.Contains(err.Error(), "not found") {
+				return "", false, nil
+			}
+			return "", false, fmt.Errorf("kubo config %s: %w", key, err)
+		}
+		return fmt.Sprint(out.Value), true, nil
+	}
+	enabled, set, err := get("Provide.Enabled")
+	if err != nil {
+		return false, err
+	}
+	if set && enabled == "false" {
+		return false, nil
+	}
+	strategy, set, err := get("Provide.Strategy")
+	if err != nil {
+		return false, err
+	}
+	return !set || strategy == "" || strategy == "all", nil
 }

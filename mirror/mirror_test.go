@@ -40,6 +40,7 @@ type fakeKubo struct {
 	slow     map[string]int // CID -> progress messages before success
 	inflight int
 	maxIn    int
+	config   map[string]string // raw JSON values of config keys set
 }
 
 func newFakeKubo(t *testing.T) (*fakeKubo, *Kubo) {
@@ -75,6 +76,18 @@ func (f *fakeKubo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write(out.Bytes())
 	case "/api/v0/pin/add":
 		f.pinAdd(w, r)
+	case "/api/v0/config":
+		w.Header().Set("Content-Type", "application/json")
+		k := q.Get("arg")
+		f.mu.Lock()
+		v, ok := f.config[k]
+		f.mu.Unlock()
+		if !ok {
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprintf(w, `{"Message":"failed to get config value: \"%s not found\"","Code":0,"Type":"error"}`, k)
+			return
+		}
+		fmt.Fprintf(w, `{"Key":"%s","Value":%s}`, k, v)
 	default:
 		http.NotFound(w, r)
 	}
@@ -410,6 +423,59 @@ func TestMirrorSameCidOnce(t *testing.T) {
 	s, log := runMirror(t, tc, tc.entries(), k, Options{Jobs: 4})
 	if s.Pinned != 1 || s.AlreadyPinned != 2 || f.calls(c) != 1 {
 		t.Fatalf("%+v, %d pin/add calls\n%s", s, f.calls(c), log)
+	}
+}
+
+// An HTTP cache cannot be listed: the store paths come one a line (as on
+// standard input), and a line naming no narinfo in the cache fails alone.
+func TestMirrorHTTPCache(t *testing.T) {
+	tc := newTestCache(t)
+	f, k := newFakeKubo(t)
+	var lines []string
+	for i := range 3 {
+		name := fmt.Sprintf("http-%d", i)
+		h := tc.add(name, testCid(name).String(), "both")
+		lines = append(lines, narindex.StoreDir+"/"+h+"-"+name)
+	}
+	lines = append(lines, hashPart("absent"), "# a comment", "")
+	srv := httptest.NewServer(http.FileServer(http.Dir(tc.dir)))
+	t.Cleanup(srv.Close)
+	cache, err := narindex.OpenSubstituter(srv.URL, narindex.SubstituterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	s, err := Run(context.Background(), cache, LineEntries(strings.NewReader(strings.Join(lines, "\n")), "stdin"), k,
+		Options{TrustedKeys: []narindex.PublicKey{tc.pub}, Log: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil || s.Pinned != 3 || s.Failed != 1 || !strings.Contains(log.String(), hashPart("absent")) {
+		t.Fatalf("%+v %v\n%s", s, err, log.String())
+	}
+	if f.calls(testCid("http-0").String()) != 1 {
+		t.Error("not pinned")
+	}
+}
+
+// The mirror warns when its node would announce every block.
+func TestAnnouncesEveryBlock(t *testing.T) {
+	f, k := newFakeKubo(t)
+	for _, tc := range []struct {
+		config map[string]string
+		want   bool
+	}{
+		{nil, true}, // kubo's defaults
+		{map[string]string{"Provide.Strategy": `"all"`}, true},
+		{map[string]string{"Provide.Strategy": `"roots"`}, false},
+		{map[string]string{"Provide.Strategy": `"pinned"`}, false},
+		{map[string]string{"Provide.Enabled": `false`}, false},
+		{map[string]string{"Provide.Enabled": `true`, "Provide.Strategy": `"all"`}, true},
+	} {
+		f.mu.Lock()
+		f.config = tc.config
+		f.mu.Unlock()
+		got, err := k.AnnouncesEveryBlock(context.Background())
+		if err != nil || got != tc.want {
+			t.Errorf("config %v: %v, %v; want %v", tc.config, got, err, tc.want)
+		}
 	}
 }
 

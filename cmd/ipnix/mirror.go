@@ -170,7 +170,13 @@ func runMirror(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
 	}
-	s, err := mirror.Run(ctx, cache, entries, &mirror.Kubo{API: api}, mirror.Options{
+	node := &mirror.Kubo{API: api}
+	if every, err := node.AnnouncesEveryBlock(ctx); err != nil {
+		log.Debug("could not read the node's provide configuration", "err", err)
+	} else if every {
+		log.Warn("the kubo node announces every block it stores (Provide.Strategy all, kubo's default): one provider record per 256 KiB instead of one per NAR; a mirror should set Provide.Strategy roots (see the README)", "api", url)
+	}
+	s, err := mirror.Run(ctx, cache, entries, node, mirror.Options{
 		TrustedKeys:  keys,
 		Jobs:         c.Jobs,
 		StallTimeout: c.StallTimeout,
