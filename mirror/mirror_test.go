@@ -20,7 +20,6 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/client/rpc"
-	mh "github.com/multiformats/go-multihash"
 
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -165,9 +164,11 @@ func (f *fakeKubo) stats() (lsCalls, maxInflight int) {
 }
 
 func testCid(s string) cid.Cid {
-	sum := sha256.Sum256([]byte(s))
-	m, _ := mh.Encode(sum[:], mh.SHA2_256)
-	return cid.NewCidV1(cid.DagProtobuf, m)
+	c, err := cid.Prefix{Version: 1, Codec: cid.DagProtobuf, MhType: 0x12 /* sha2-256 */, MhLength: -1}.Sum([]byte(s))
+	if err != nil {
+		panic(err)
+	}
+	return c
 }
 
 // testCache is a binary cache directory of narinfos.
