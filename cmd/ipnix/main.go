@@ -48,6 +48,7 @@ Usage:
   ipnix publish [flags] --from CACHE   republish an existing binary cache
   ipnix register [flags] STOREPATH...  write nix-store --load-db input for closures
   ipnix serve [flags]                  an HTTP binary cache for plain Nix, from IPFS
+  ipnix mirror [flags] --from CACHE    pin every NAR of a binary cache on a kubo node
   ipnix version                        print the version
 
 Run "ipnix <command> --help" for the flags of a command.
@@ -101,6 +102,8 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = runRegister(ctx, rest, stdout, stderr)
 	case "serve":
 		err = runServe(ctx, rest, stdout, stderr)
+	case "mirror":
+		err = runMirror(ctx, rest, os.Stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ipnix %s\n", version)
 	case "", "help", "-h", "--help":

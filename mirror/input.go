@@ -1,0 +1,101 @@
+package mirror
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"iter"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/ipnix/ipnix/narindex"
+)
+
+// HashPart finds the hash part in what a user gives to name a store path:
+// /nix/store/<hash>-<name> (or a path inside it), a symlink into the store
+// (a result link), <hash>-<name>, <hash>, or <hash>.narinfo. A bare hash
+// part is checked when its narinfo is asked for.
+func HashPart(arg string) (string, error) {
+	s := strings.TrimSpace(arg)
+	if sp, err := narindex.StorePathArg(s); err == nil {
+		return sp.Hash, nil
+	} else if s == "" || strings.ContainsAny(s, "/-") {
+		return "", err
+	}
+	if h := strings.TrimSuffix(s, ".narinfo"); h != "" {
+		return h, nil
+	}
+	return "", fmt.Errorf("%q names no store path", arg)
+}
+
+// ArgEntries are the entries for arguments a user gave.
+func ArgEntries(args []string) iter.Seq[Entry] {
+	return func(yield func(Entry) bool) {
+		for _, a := range args {
+			h, err := HashPart(a)
+			if !yield(Entry{Name: a, Hash: h, Err: err}) {
+				return
+			}
+		}
+	}
+}
+
+// LineEntries are the entries named by r, one a line; blank lines and lines
+// starting with # are skipped. A line that names no store path is an entry
+// with Err set; an error reading r ends the sequence with one.
+func LineEntries(r io.Reader, name string) iter.Seq[Entry] {
+	return func(yield func(Entry) bool) {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		n := 0
+		for sc.Scan() {
+			n++
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			h, err := HashPart(line)
+			if err != nil {
+				err = fmt.Errorf("%s line %d: %w", name, n, err)
+			}
+			if !yield(Entry{Name: line, Hash: h, Err: err}) {
+				return
+			}
+		}
+		if err := sc.Err(); err != nil {
+			yield(Entry{Name: name, Err: fmt.Errorf("reading %s after line %d: %w", name, n, err)})
+		}
+	}
+}
+
+// DirEntries lists the narinfos of a binary cache directory, sorted by
+// name. A file named *.narinfo whose name is no hash part is an entry that
+// fails when its narinfo is asked for.
+func DirEntries(dir string) ([]Entry, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var names []string
+	for {
+		batch, err := f.Readdirnames(4096)
+		for _, n := range batch {
+			if strings.HasSuffix(n, ".narinfo") {
+				names = append(names, n)
+			}
+		}
+		if err == io.EOF {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", dir, err)
+		}
+	}
+	sort.Strings(names)
+	entries := make([]Entry, len(names))
+	for i, n := range names {
+		entries[i] = Entry{Name: n, Hash: strings.TrimSuffix(n, ".narinfo")}
+	}
+	return entries, nil
+}
