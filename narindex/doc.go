@@ -5,8 +5,9 @@
 //   - nix-base32 ("nix32") and Nix's hash notations (Hash, ParseHash);
 //   - store path names (StorePath, ParseStorePath, ParseStorePathBase);
 //   - narinfo files (NarInfo, ParseNarInfo, Marshal), including the ipnix
-//     fields IpfsCid, IpfsLsHash and IpfsCidSig and the legacy IPFSHash
-//     field;
+//     fields IpfsCid, IpfsLsHash and IpfsCidSig, the legacy IPFSHash
+//     field, and IpfsEncoding from RFC 133's draft, kept verbatim and read
+//     only on request (IpfsEncoding, ParseIpfsEncoding);
 //   - Nix signing keys and signatures over the Nix fingerprint and over the
 //     ipnix CID fingerprint, version 2, which covers the CID and the
 //     listing's digest (SecretKey, PublicKey, NarInfo.Sign, SignCid,

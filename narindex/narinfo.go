@@ -31,7 +31,8 @@ const unknownDeriver = "unknown-deriver"
 var ErrMalformedNarInfo = errors.New("malformed narinfo")
 
 // NarInfo is a parsed .narinfo file: Nix's fields plus the ipnix fields
-// IpfsCid, IpfsLsHash and IpfsCidSig. Fields that are absent are zero.
+// IpfsCid, IpfsEncoding, IpfsLsHash and IpfsCidSig. Fields that are absent
+// are zero.
 type NarInfo struct {
 	StorePath   string // full path in StoreDir
 	URL         string // of the (compressed) NAR, relative to the cache
@@ -46,9 +47,14 @@ type NarInfo struct {
 	Sigs        []string // "keyname:base64", in file order
 	CA          string   // content address, "fixed:..." or "text:..."
 	IpfsCid     string   // CIDv1 of a UnixFS file holding the NAR
-	IpfsLsHash  Hash     // sha256 of the .ls listing as published
-	IpfsCidSig  string   // "keyname:base64" over CidFingerprint
-	Extra       []Field  // fields this package does not know, in order
+	// IpfsEncoding is kept as written: the JSON that says how the NAR
+	// became the DAG of IpfsCid (see IpfsEncoding). Neither signed nor
+	// needed to serve the path, it is not read here; ParseIpfsEncoding
+	// reads it.
+	IpfsEncoding string
+	IpfsLsHash   Hash    // sha256 of the .ls listing as published
+	IpfsCidSig   string  // "keyname:base64" over CidFingerprint
+	Extra        []Field // fields this package does not know, in order
 
 	// LegacyIPFSHash records that IpfsCid came from the legacy field
 	// "IPFSHash:"; Marshal then writes that name again.
@@ -142,6 +148,7 @@ var singleFields = map[string]string{
 	"NarSize": "NarSize", "References": "References", "Deriver": "Deriver",
 	"System": "System", "CA": "CA", "IpfsCid": "IpfsCid", "IPFSHash": "IpfsCid",
 	"IpfsLsHash": "IpfsLsHash", "IpfsCidSig": "IpfsCidSig",
+	"IpfsEncoding": "IpfsEncoding",
 }
 
 func (n *NarInfo) setField(key, value string, seen map[string]bool) error {
@@ -200,6 +207,15 @@ func (n *NarInfo) setField(key, value string, seen map[string]bool) error {
 			err = fmt.Errorf("invalid CID %q", value)
 		}
 		n.IpfsCid, n.LegacyIPFSHash = value, key == "IPFSHash"
+	case "IpfsEncoding":
+		// Kept verbatim and not interpreted: a value ipnix cannot read
+		// (another writer's JSON, a later draft) must not hide a path
+		// whose CID and signatures are good. Only an empty value is
+		// refused, as for IpfsCid: Marshal could not write it back.
+		if value == "" {
+			err = errors.New("empty")
+		}
+		n.IpfsEncoding = value
 	case "IpfsLsHash":
 		n.IpfsLsHash, err = parseLsHash(value)
 	case "IpfsCidSig":
@@ -262,8 +278,8 @@ func checkContentAddress(ca string) error {
 
 // Marshal writes n in the field order Nix 2.8 uses (StorePath, URL,
 // Compression, FileHash, FileSize, NarHash, NarSize, References, Deriver,
-// System, Sig..., CA), then IpfsCid, IpfsLsHash, IpfsCidSig and the Extra
-// fields.
+// System, Sig..., CA), then IpfsCid, IpfsEncoding (RFC 133's draft puts
+// it after IpfsCid), IpfsLsHash, IpfsCidSig and the Extra fields.
 // Empty optional fields are left out; References is always written, as Nix
 // does. A narinfo Nix wrote comes out byte for byte as it went in.
 func (n *NarInfo) Marshal() []byte {
@@ -309,6 +325,9 @@ func (n *NarInfo) Marshal() []byte {
 		} else {
 			line("IpfsCid", n.IpfsCid)
 		}
+	}
+	if n.IpfsEncoding != "" {
+		line("IpfsEncoding", n.IpfsEncoding)
 	}
 	if !n.IpfsLsHash.IsZero() {
 		line("IpfsLsHash", n.IpfsLsHash.String())

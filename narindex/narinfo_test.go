@@ -134,6 +134,7 @@ Sig: a:b
 Sig: c:d
 CA: fixed:r:sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4
 IpfsCid: bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi
+IpfsEncoding: {"method":"wrapped-nar","chunking":{"leaf-format":"raw","strategy":"fixed-size","size":262144},"layout":"balanced","max-width":174}
 IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73
 IpfsCidSig: k:sig
 X-Custom: something: with colons
@@ -146,6 +147,11 @@ func TestNarInfoIpnixRoundTrip(t *testing.T) {
 		{"legacy IPFSHash", strings.Replace(ipnixNarInfo, "IpfsCid: ", "IPFSHash: ", 1)},
 		{"unknown deriver", strings.Replace(ipnixNarInfo, "zhv625fvk8c7w3hwadyfv2dp43v13ld6-narindex-top.drv", "unknown-deriver", 1)},
 		{"no IpfsLsHash", strings.Replace(ipnixNarInfo, "IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n", "", 1)},
+		{"no IpfsEncoding", withEncoding(ipnixNarInfo, "")},
+		// Values ipnix cannot read are kept as written, byte for byte.
+		{"RFC 133 draft's example", withEncoding(ipnixNarInfo, rfc133Example)},
+		{"spaced JSON", withEncoding(ipnixNarInfo, ` { "layout" : "balanced" , "method":"wrapped-nar"}\t`)},
+		{"not JSON", withEncoding(ipnixNarInfo, "rabin-262144 please")},
 		{"minimal", "StorePath: /nix/store/" + topBase + "\nURL: x\nNarHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\nNarSize: 1\nReferences: \n"},
 	} {
 		n, err := ParseNarInfo([]byte(tc.in))
@@ -169,6 +175,9 @@ func TestNarInfoIpnixRoundTrip(t *testing.T) {
 	if n.IpfsLsHash.String() != "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73" {
 		t.Errorf("IpfsLsHash = %q", n.IpfsLsHash)
 	}
+	if e, err := ParseIpfsEncoding(n.IpfsEncoding); err != nil || e != FixedSizeEncoding(256<<10) {
+		t.Errorf("IpfsEncoding %q parses to %+v, %v", n.IpfsEncoding, e, err)
+	}
 	fp, err := n.CidFingerprint()
 	want := "ipnix-cid-2;/nix/store/" + topBase + ";sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4;600;bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi;sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
 	if err != nil || fp != want {
@@ -184,6 +193,25 @@ func TestNarInfoIpnixRoundTrip(t *testing.T) {
 	if want := "ipnix-cid-1;/nix/store/" + topBase + ";sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4;600;bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"; err != nil || v1 != want {
 		t.Errorf("v1 fingerprint = %q, %v", v1, err)
 	}
+}
+
+// rfc133Example is the IpfsEncoding of the example in RFC 133's draft.
+const rfc133Example = `{"method":"wrapped-nar","chunking":{"leaf-format":"raw","strategy":"fixed-size"},"layout":"balanced","max-width":174}`
+
+// withEncoding gives the narinfo with its IpfsEncoding line's value
+// replaced, or the line removed when value is empty.
+func withEncoding(narinfo, value string) string {
+	var out []string
+	for _, l := range strings.SplitAfter(narinfo, "\n") {
+		if strings.HasPrefix(l, "IpfsEncoding: ") {
+			if value == "" {
+				continue
+			}
+			l = "IpfsEncoding: " + value + "\n"
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "")
 }
 
 func TestNarInfoNormalises(t *testing.T) {
@@ -245,6 +273,8 @@ func TestParseNarInfoRejects(t *testing.T) {
 		{"empty IpfsCid", good + "IpfsCid: \n", `IpfsCid: invalid CID ""`},
 		{"second IpfsLsHash", good + "IpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\nIpfsLsHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n", "second IpfsLsHash field"},
 		{"empty IpfsLsHash", good + "IpfsLsHash: \n", `IpfsLsHash: "" is not a hash`},
+		{"empty IpfsEncoding", good + "IpfsEncoding: \n", "IpfsEncoding: empty"},
+		{"second IpfsEncoding", good + "IpfsEncoding: {}\nIpfsEncoding: {}\n", "second IpfsEncoding field"},
 		{"sha512 IpfsLsHash", good + "IpfsLsHash: sha512:" + nixHashVectors[9].nix32 + "\n", "IpfsLsHash:"},
 		{"sha1 IpfsLsHash", good + "IpfsLsHash: sha1:143xibwh31h9bvxzalr0sjvbbvpa6ffs\n", "IpfsLsHash:"},
 		{"hex IpfsLsHash", good + "IpfsLsHash: sha256:" + mustHash(t, "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73").Hex() + "\n", "sha256:<nix32>"},
@@ -333,6 +363,8 @@ func FuzzParseNarInfo(f *testing.F) {
 	}
 	f.Add([]byte(ipnixNarInfo))
 	f.Add([]byte(strings.Replace(ipnixNarInfo, "IpfsCid: ", "IPFSHash: ", 1)))
+	f.Add([]byte(withEncoding(ipnixNarInfo, rfc133Example)))
+	f.Add([]byte(withEncoding(ipnixNarInfo, `{"method":"x","chunking":{}}`)))
 	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\nNarSize: 1\nIpfsLsHash: sha256:1mw9bvgqbni81xrva3r81grwa79nlnvk0vsfn8xhmr3pdcvh3hd4\n"))
 	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\nNarSize: 1\nDeriver: unknown-deriver\nX: y\n"))
 	f.Add([]byte("StorePath: /nix/store/" + topBase + "\nURL: u\nNarHash: md5:d41d8cd98f00b204e9800998ecf8427e\nNarSize: 01\nFileSize: 0\nReferences:  " + depBase + "  \nCA: text:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\n"))
@@ -357,6 +389,11 @@ func FuzzParseNarInfo(f *testing.F) {
 		}
 		if out2 := n2.Marshal(); !bytes.Equal(out, out2) {
 			t.Fatalf("Marshal not stable:\n%s\n%s", out, out2)
+		}
+		if n.IpfsEncoding != "" {
+			// Whatever the value, the narinfo parsed; the description
+			// is read, or refused, only here.
+			_, _ = ParseIpfsEncoding(n.IpfsEncoding)
 		}
 		_, _ = n.Fingerprint()
 		_, _ = n.CidFingerprint()

@@ -474,3 +474,50 @@ func TestResolveMalformedFromRealSubstituter(t *testing.T) {
 		}
 	}
 }
+
+// IpfsEncoding (RFC 133's draft) is informational: a narinfo that carries
+// one resolves like one without, whatever the value (ipnix's own, the
+// draft's example, an encoding ipnix never writes, not even JSON), read
+// through a real file:// cache, with both signatures required. It is not
+// signed, so a value added or changed after signing changes nothing
+// either: the CID is what the blocks are checked against.
+func TestResolveAcceptsIpfsEncoding(t *testing.T) {
+	sec, pub, _ := loadKeys(t)
+	ipnix := FixedSizeEncoding(256 << 10).String()
+	for _, tc := range []struct{ name, signed, served string }{
+		{"ipnix's", ipnix, ipnix},
+		{"the draft's example", rfc133Example, rfc133Example},
+		{"content-defined, trickle", "", `{"method":"unixfs-nar","chunking":{"leaf-format":"dag-pb","strategy":"rabin","avg":262144},"layout":"trickle","max-width":1024}`},
+		{"not JSON", "buzhash; trust me", "buzhash; trust me"},
+		{"added after signing", "", ipnix},
+		{"changed after signing", ipnix, "x"},
+		{"removed after signing", ipnix, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := topInfo(t, func(n *NarInfo) { n.IpfsEncoding = tc.signed }, sec)
+			n.IpfsEncoding = tc.served
+			dir := cacheDir(t)
+			if err := os.WriteFile(filepath.Join(dir, topHash+".narinfo"), n.Marshal(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, topHash+".ls"), testListing, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := OpenSubstituter("file://"+dir, SubstituterOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &Resolver{Substituters: []Substituter{s}, TrustedKeys: []PublicKey{pub}, RequireSigs: true, RequireCidSig: true}
+			res, err := r.Resolve(context.Background(), topBase)
+			if err != nil {
+				t.Fatalf("Resolve: %v", err)
+			}
+			if !res.CidSigned || !bytes.Equal(res.ListingData, testListing) || res.Info.IpfsCid != testCid {
+				t.Errorf("Resolve = %+v", res)
+			}
+			if res.Info.IpfsEncoding != tc.served {
+				t.Errorf("IpfsEncoding %q, the narinfo has %q", res.Info.IpfsEncoding, tc.served)
+			}
+		})
+	}
+}

@@ -195,6 +195,12 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	if err := n.VerifyCidSig([]PublicKey{other}); !errors.Is(err, ErrUntrustedSigner) {
 		t.Errorf("CID sig under untrusted key: %v", err)
 	}
+	// IpfsEncoding is covered by neither: it only describes how to rebuild
+	// the DAG, and the CID is what every block is checked against.
+	n.IpfsEncoding = `{"method":"something-else"}`
+	if n.VerifySigs([]PublicKey{pub}) != nil || n.VerifyCidSig([]PublicKey{pub}) != nil {
+		t.Error("a changed IpfsEncoding breaks a signature")
+	}
 	// The CID is covered by IpfsCidSig but not by Sig.
 	n.IpfsCid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 	if err := n.VerifySigs([]PublicKey{pub}); err != nil {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/client/rpc"
+
+	"github.com/ipnix/ipnix/narindex"
 )
 
 // Adder stores a byte stream in IPFS as a UnixFS file and returns its root.
@@ -25,6 +27,10 @@ const DefaultChunker = "size-262144"
 
 // KuboAdder adds through a kubo node's RPC API: CIDv1, raw leaves, balanced
 // layout, the given chunker, pinned so the node's garbage collector keeps it.
+// Every parameter of the DAG is sent with the request, so that the node's
+// Import configuration (a profile such as unixfs-v1-2025 sets 1024 links
+// per node; Import.UnixFSDAGLayout can choose trickle) cannot change what
+// the narinfo's IpfsEncoding says.
 type KuboAdder struct {
 	API     *rpc.HttpApi
 	Chunker string
@@ -53,6 +59,8 @@ func (k *KuboAdder) Add(ctx context.Context, r io.Reader) (cid.Cid, error) {
 		Option("chunker", chunker).
 		Option("cid-version", 1).
 		Option("raw-leaves", true).
+		Option("trickle", false).
+		Option("max-file-links", narindex.DefaultMaxWidth).
 		Option("inline", false).
 		Option("pin", true).
 		Option("progress", false).

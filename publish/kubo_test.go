@@ -29,7 +29,10 @@ func fakeKubo(t *testing.T, fail string) (*KuboAdder, *[]byte) {
 			return
 		}
 		q := r.URL.Query()
-		for k, v := range map[string]string{"cid-version": "1", "raw-leaves": "true", "chunker": DefaultChunker, "pin": "true", "hash": "sha2-256", "inline": "false"} {
+		for k, v := range map[string]string{"cid-version": "1", "raw-leaves": "true", "chunker": DefaultChunker, "pin": "true", "hash": "sha2-256", "inline": "false",
+			// The rest of what IpfsEncoding says, against the node's
+			// Import configuration.
+			"trickle": "false", "max-file-links": "174"} {
 			if q.Get(k) != v {
 				t.Errorf("option %s=%q, want %q", k, q.Get(k), v)
 			}

@@ -32,6 +32,9 @@ type Publisher struct {
 	add  Adder
 	opts Options
 	log  *slog.Logger
+	// encoding is the IpfsEncoding written into every narinfo, empty when
+	// the Adder cannot describe its layout.
+	encoding string
 }
 
 // Summary counts what a run did.
@@ -54,6 +57,13 @@ func New(add Adder, o Options) (*Publisher, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Publisher{add: add, opts: o, log: log}
+	if d, ok := add.(Describer); ok {
+		if e, ok := d.Encoding(); ok {
+			p.encoding = e.String()
+		} else {
+			log.Info("the chunker is not fixed-size, which IpfsEncoding (RFC 133's draft) cannot describe: narinfos get no IpfsEncoding")
+		}
+	}
 	return p, p.writeCacheInfo()
 }
 
@@ -91,12 +101,14 @@ func (p *Publisher) published(hashPart string) bool {
 }
 
 // finish writes the listing and then, atomically, the narinfo, with the
-// CID, the digest of exactly the listing bytes written, and (with a key)
+// CID, the description of its DAG (IpfsEncoding, replacing any the source
+// had), the digest of exactly the listing bytes written, and (with a key)
 // both signatures.
 func (p *Publisher) finish(sp narindex.StorePath, ni *narindex.NarInfo, in *ingested) error {
 	oldCid, oldLsHash := ni.IpfsCid, ni.IpfsLsHash
 	sum := sha256.Sum256(in.listing)
 	ni.IpfsCid, ni.LegacyIPFSHash = in.cid.String(), false
+	ni.IpfsEncoding = p.encoding
 	ni.IpfsLsHash = narindex.SHA256(sum[:])
 	if k := p.opts.SecretKey; k != nil {
 		if err := ni.Sign(*k); err != nil {

@@ -57,6 +57,7 @@ var cases = []benchCase{
 	{"B9", (*bench).b9Reread},
 	{"B10", (*bench).b10Remote},
 	{"B11", (*bench).b11Compile},
+	{"B12", (*bench).b12Dedup},
 }
 
 type bench struct {
