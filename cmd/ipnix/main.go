@@ -48,6 +48,8 @@ Usage:
   ipnix publish [flags] --from CACHE   republish an existing binary cache
   ipnix register [flags] STOREPATH...  write nix-store --load-db input for closures
   ipnix serve [flags]                  an HTTP binary cache for plain Nix, from IPFS
+  ipnix prefetch [flags] STOREPATH...  fetch whole closures into a cache dir, for offline use
+  ipnix cache stats|gc [flags]         what a cache dir holds; drop what nothing needs
   ipnix version                        print the version
 
 Run "ipnix <command> --help" for the flags of a command.
@@ -101,6 +103,10 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = runRegister(ctx, rest, stdout, stderr)
 	case "serve":
 		err = runServe(ctx, rest, stdout, stderr)
+	case "prefetch":
+		err = runPrefetch(ctx, rest, stdout, stderr)
+	case "cache":
+		err = runCache(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ipnix %s\n", version)
 	case "", "help", "-h", "--help":
