@@ -28,7 +28,7 @@ func TestPrefetchOffline(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ipnix prefetch: %v\n%s", err, out)
 		}
-		m := regexp.MustCompile(`ipnix prefetch: 4 store paths in 1 closures, \d+ blocks \([^)]*\): fetched (\d+ blocks \([^)]*\))`).FindStringSubmatch(out)
+		m := regexp.MustCompile(`ipnix prefetch: 4 store paths in 1 closure, \d+ blocks \([^)]*\): fetched (\d+ blocks? \([^)]*\))`).FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("no summary line for 4 store paths in the output:\n%s", out)
 		}
@@ -93,6 +93,7 @@ func TestPrefetchOffline(t *testing.T) {
 	}
 	t.Logf("gc: %s", out)
 	complete(t, "after gc")
+	t.Logf("cache stats after gc:\n%s", stats(t))
 	out, err = ipnixCmd(t, nil, "cache", "gc", "--cache-dir", dir, "--keep-recent", "0s", "--forget", p.closure.top)
 	if err != nil || !strings.Contains(out, "forgot closure "+top) {
 		t.Fatalf("ipnix cache gc --forget: %v\n%s", err, out)

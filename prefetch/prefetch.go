@@ -96,7 +96,7 @@ func Run(ctx context.Context, roots []string, o Options) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.say("%d store paths in the closures of %d paths; reading the inner nodes of their NARs", len(closure), len(roots))
+	r.say("%s in the closures of %s; reading the inner nodes of their NARs", Count(len(closure), "store path"), Count(len(roots), "root"))
 	nars, err := r.openAll(ctx, closure)
 	if err != nil {
 		return nil, err
@@ -133,6 +133,14 @@ func Run(ctx context.Context, roots []string, o Options) (*Summary, error) {
 	}
 	_, s.Pinned = r.disk.Pinned()
 	return s, nil
+}
+
+// Count says n things, in the plural unless n is 1.
+func Count(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // run is the state of one Run.

@@ -169,9 +169,9 @@ func cacheGC(ctx context.Context, dir string, keepRecent time.Duration, forget [
 	for _, root := range forget {
 		fmt.Fprintf(w, "ipnix cache gc: forgot closure %s\n", root)
 	}
-	fmt.Fprintf(w, "ipnix cache gc: freed %d blocks (%s) of %d (%s); kept %d (%s): %d (%s) needed by %d prefetched closures, %d (%s) used within %v",
-		r.Removed, humanize.IBytes(uint64(r.RemovedBytes)), before.Blocks, humanize.IBytes(uint64(before.Bytes)),
-		r.Kept, humanize.IBytes(uint64(r.KeptBytes)), r.Needed, humanize.IBytes(uint64(r.NeededBytes)), len(rec.Closures),
+	fmt.Fprintf(w, "ipnix cache gc: freed %s (%s) of %d (%s); kept %d (%s): %d (%s) needed by %s, %d (%s) used within %v",
+		prefetch.Count(r.Removed, "block"), humanize.IBytes(uint64(r.RemovedBytes)), before.Blocks, humanize.IBytes(uint64(before.Bytes)),
+		r.Kept, humanize.IBytes(uint64(r.KeptBytes)), r.Needed, humanize.IBytes(uint64(r.NeededBytes)), prefetch.Count(len(rec.Closures), "prefetched closure"),
 		r.Recent, humanize.IBytes(uint64(r.RecentBytes)), keepRecent)
 	if r.Unpinned > 0 || r.Repinned > 0 || r.Temp > 0 {
 		fmt.Fprintf(w, "; unpinned %d, pinned again %d, temporary files removed %d", r.Unpinned, r.Repinned, r.Temp)

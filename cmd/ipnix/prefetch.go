@@ -140,8 +140,9 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if s.VerifiedWhole > 0 {
 		whole = fmt.Sprintf("; %d without a trusted IpfsCidSig matched their NarHash", s.VerifiedWhole)
 	}
-	fmt.Fprintf(stdout, "ipnix prefetch: %d store paths in %d closures, %d blocks (%s): fetched %d blocks (%s), %d held already (%s)%s; %s pinned in %s, quota %s\n",
-		s.Paths, s.Closures, s.Blocks, humanize.IBytes(uint64(s.Bytes)), s.Fetched, humanize.IBytes(uint64(s.FetchedBytes)),
+	fmt.Fprintf(stdout, "ipnix prefetch: %s in %s, %s (%s): fetched %s (%s), %d held already (%s)%s; %s pinned in %s, quota %s\n",
+		prefetch.Count(s.Paths, "store path"), prefetch.Count(s.Closures, "closure"), prefetch.Count(s.Blocks, "block"), humanize.IBytes(uint64(s.Bytes)),
+		prefetch.Count(s.Fetched, "block"), humanize.IBytes(uint64(s.FetchedBytes)),
 		s.Held, humanize.IBytes(uint64(s.HeldBytes)), whole, humanize.IBytes(uint64(s.Pinned)), c.CacheDir, humanize.IBytes(uint64(s.Quota)))
 	return nil
 }
