@@ -57,7 +57,7 @@ func lockExclusive(dir string) (*os.File, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is open in a running ipnix mount, serve or prefetch (it holds %s); stop it, or run this when it has ended", ErrInUse, dir, f.Name())
+			return nil, fmt.Errorf("%w: %s is open in a running ipnix mount, serve or prefetch, or another gc runs (it holds %s); stop it, or run this when it has ended", ErrInUse, dir, f.Name())
 		}
 		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
