@@ -45,7 +45,8 @@ func startConnTrap(t *testing.T) *connTrap {
 // (each is a bit off), the second is kubo's real gateway; the mount passes
 // the same differential test as a kubo-backed one, having failed over, and
 // never connects to a kubo API, not even the default one ($IPFS_PATH/api
-// names a trap that counts connections).
+// names a trap that counts connections). Then the same with a first
+// gateway that is down.
 func TestThinClientGatewaysOnly(t *testing.T) {
 	p := publishClosure(t)
 	trap := startConnTrap(t)
@@ -87,6 +88,19 @@ func TestThinClientGatewaysOnly(t *testing.T) {
 		want := "block sources: gateway " + liar.URL + ", gateway " + p.kubo.Gateway + ")"
 		if !strings.Contains(serving, want) || strings.Contains(serving, "kubo ") {
 			t.Errorf("serving line %q, want block sources exactly %q", serving, want)
+		}
+	})
+
+	// The first gateway is down (its port refuses): the same.
+	t.Run("dead-first-gateway", func(t *testing.T) {
+		m := startMount(t, "--gateway", deadURL(t), "--gateway", p.kubo.Gateway,
+			"--substituter", "file://"+p.cache, "--trusted-public-key", p.pub)
+		checkMountedClosure(t, p, m)
+		if n := m.metric(t, "ipnix_fetch_failures_total"); n == 0 {
+			t.Error("ipnix_fetch_failures_total is 0: the dead gateway was never asked")
+		}
+		if n := trap.conns.Load(); n != 0 {
+			t.Errorf("%d connections to the kubo API named by $IPFS_PATH/api", n)
 		}
 	})
 }
