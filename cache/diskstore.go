@@ -5,11 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,8 +28,13 @@ import (
 // The on-disk format, version 1:
 //
 //	DIR/VERSION                  "ipnix-blocks-1\n"
+//	DIR/LOCK                     flock(2): shared while a store is open
+//	                             (mount, serve, prefetch), exclusive for gc
+//	DIR/QUOTA                    the byte quota of the last store opened, in
+//	                             decimal (for `ipnix cache stats`)
 //	DIR/blocks/XY/<hex>          one block's bytes; <hex> is the lowercase hex
-//	                             of its multihash, XY its last two characters
+//	                             of its multihash, XY its last two characters;
+//	                             mode 0600, or 0400 when pinned
 //	DIR/blocks/XY/.tmp-*         a write in progress (removed at open)
 //
 // There is no index to go stale or tear: the directory is the index. Files
@@ -36,7 +43,23 @@ import (
 // torn by a crash is found, deleted and fetched again. A file's mtime records
 // (to within a minute) when it was last used, which orders eviction across
 // restarts.
+//
+// A pinned block (a prefetched closure needs it: see Pin) is never evicted
+// to stay under quota, nor dropped by Release, by any process: the mark is
+// the file's mode, so a store opened before the pin learns of it at the
+// latest when it would evict the block. Only GC, holding DIR/LOCK
+// exclusively, unpins. A store also takes in block files other processes
+// wrote after it opened, when it misses them.
 const diskVersion = "ipnix-blocks-1"
+
+// Modes of block files: pinned ones are read-only.
+const (
+	modeBlock  = 0o600
+	modePinned = 0o400
+)
+
+// pinnedMode reports whether a block file's mode marks it pinned.
+func pinnedMode(m fs.FileMode) bool { return m.Perm()&0o200 == 0 }
 
 // touchEvery bounds how often a hit updates a file's mtime.
 const touchEvery = time.Minute
@@ -47,6 +70,7 @@ type DiskStats struct {
 	Misses    atomic.Int64
 	Evictions atomic.Int64
 	Corrupt   atomic.Int64 // files found torn or corrupted, deleted and fetched again
+	Adopted   atomic.Int64 // block files another process wrote, found on a miss
 }
 
 // Disk is an on-disk block store with a byte quota in front of another
@@ -57,10 +81,13 @@ type Disk struct {
 	max   int64
 	Stats DiskStats
 
-	mu    sync.Mutex
-	lru   *simplelru.LRU[string, diskEntry]
-	bytes int64
+	mu          sync.Mutex
+	lru         *simplelru.LRU[string, diskEntry] // unpinned blocks, least recently used first
+	pinned      map[string]diskEntry              // pinned blocks, never evicted
+	bytes       int64                             // of all blocks
+	pinnedBytes int64
 
+	lock     *os.File // DIR/LOCK, held shared while open
 	inflight singleflight.Group
 }
 
@@ -70,7 +97,9 @@ type diskEntry struct {
 }
 
 // OpenDisk opens (or creates) the store in dir, holding at most maxBytes of
-// blocks, in front of src.
+// blocks (pinned ones may exceed it: they are never evicted), in front of
+// src. It holds dir's lock shared until Close, waiting a while for a GC
+// that holds it.
 func OpenDisk(dir string, maxBytes int64, src fetch.BlockGetter) (*Disk, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "blocks"), 0o700); err != nil {
 		return nil, err
@@ -80,34 +109,82 @@ func OpenDisk(dir string, maxBytes int64, src fetch.BlockGetter) (*Disk, error) 
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	vfile := filepath.Join(dir, "VERSION")
-	switch v, err := os.ReadFile(vfile); {
-	case errors.Is(err, fs.ErrNotExist):
-		if err := os.WriteFile(vfile, []byte(diskVersion+"\n"), 0o600); err != nil {
-			return nil, err
-		}
-	case err != nil:
+	lock, err := lockShared(dir)
+	if err != nil {
 		return nil, err
-	case strings.TrimSpace(string(v)) != diskVersion:
-		return nil, fmt.Errorf("cache directory %s holds format %q, this ipnix uses %q: remove it or choose another", dir, strings.TrimSpace(string(v)), diskVersion)
 	}
-	d := &Disk{src: src, dir: dir, max: maxBytes}
-	d.lru, _ = simplelru.NewLRU[string, diskEntry](math.MaxInt32, func(key string, e diskEntry) {
-		d.bytes -= e.size
-		os.Remove(d.path(key))
-	})
-	if err := d.load(); err != nil {
+	d := &Disk{src: src, dir: dir, max: maxBytes, lock: lock, pinned: map[string]diskEntry{}}
+	if err := d.open(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
+// open checks or writes the version, records the quota and loads the index.
+func (d *Disk) open() error {
+	if err := checkVersion(d.dir, true); err != nil {
+		return err
+	}
+	// For `ipnix cache stats` only: a failure to record it costs nothing.
+	q := filepath.Join(d.dir, quotaName)
+	if old, err := os.ReadFile(q); err != nil || strings.TrimSpace(string(old)) != strconv.FormatInt(d.max, 10) {
+		writeFileAtomic(q, []byte(strconv.FormatInt(d.max, 10)+"\n"))
+	}
+	// Evictions and removals are handled where they happen (trim, forget):
+	// an eviction must first look whether another process pinned the block.
+	d.lru, _ = simplelru.NewLRU[string, diskEntry](math.MaxInt32, nil)
+	return d.load()
+}
+
+// quotaName is the file recording the quota of the last store opened.
+const quotaName = "QUOTA"
+
+// checkVersion accepts a store of this format in dir; with create, a
+// directory without VERSION becomes one.
+func checkVersion(dir string, create bool) error {
+	vfile := filepath.Join(dir, "VERSION")
+	switch v, err := os.ReadFile(vfile); {
+	case errors.Is(err, fs.ErrNotExist) && create:
+		return os.WriteFile(vfile, []byte(diskVersion+"\n"), 0o600)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s holds no ipnix block store (no VERSION file): is it the --cache-dir of a mount or prefetch?", dir)
+	case err != nil:
+		return err
+	case strings.TrimSpace(string(v)) != diskVersion:
+		return fmt.Errorf("cache directory %s holds format %q, this ipnix uses %q: remove it or choose another", dir, strings.TrimSpace(string(v)), diskVersion)
+	}
+	return nil
+}
+
+// writeFileAtomic writes a small file by renaming a complete temporary one
+// into place.
+func writeFileAtomic(name string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-"+filepath.Base(name)+"-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), name); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return nil
+}
+
 // load rebuilds the index from the files, oldest first, and trims to quota.
 func (d *Disk) load() error {
 	type found struct {
-		key   string
-		size  int64
-		mtime time.Time
+		key    string
+		size   int64
+		mtime  time.Time
+		pinned bool
 	}
 	var all []found
 	root := filepath.Join(d.dir, "blocks")
@@ -125,7 +202,7 @@ func (d *Disk) load() error {
 		if err != nil {
 			return nil
 		}
-		all = append(all, found{string(raw), fi.Size(), fi.ModTime()})
+		all = append(all, found{string(raw), fi.Size(), fi.ModTime(), pinnedMode(fi.Mode())})
 		return nil
 	})
 	if err != nil {
@@ -135,26 +212,76 @@ func (d *Disk) load() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, f := range all {
-		d.lru.Add(f.key, diskEntry{f.size, f.mtime})
-		d.bytes += f.size
+		d.add(f.key, diskEntry{f.size, f.mtime}, f.pinned)
 	}
 	d.trim()
 	return nil
 }
 
-// trim evicts least recently used blocks until under quota; d.mu held.
+// add indexes a block that is not indexed yet; d.mu held.
+func (d *Disk) add(key string, e diskEntry, pinned bool) {
+	if pinned {
+		d.pinned[key] = e
+		d.pinnedBytes += e.size
+	} else {
+		d.lru.Add(key, e)
+	}
+	d.bytes += e.size
+}
+
+// entry finds key in the index, refreshing its recency; d.mu held.
+func (d *Disk) entry(key string) (e diskEntry, pinned, ok bool) {
+	if e, ok := d.pinned[key]; ok {
+		return e, true, true
+	}
+	e, ok = d.lru.Get(key)
+	return e, false, ok
+}
+
+// unindex drops key from the index; d.mu held. It reports whether key
+// was there.
+func (d *Disk) unindex(key string) bool {
+	if e, ok := d.pinned[key]; ok {
+		delete(d.pinned, key)
+		d.pinnedBytes -= e.size
+		d.bytes -= e.size
+		return true
+	}
+	if e, ok := d.lru.Peek(key); ok {
+		d.lru.Remove(key)
+		d.bytes -= e.size
+		return true
+	}
+	return false
+}
+
+// trim evicts least recently used unpinned blocks until under quota, or
+// until only pinned ones are left; d.mu held. A block another process
+// pinned since it was indexed is kept, and indexed as pinned.
 func (d *Disk) trim() {
 	for d.bytes > d.max {
-		if _, _, ok := d.lru.RemoveOldest(); !ok {
+		key, e, ok := d.lru.RemoveOldest()
+		if !ok {
 			return
 		}
+		p := d.path(key)
+		if fi, err := os.Lstat(p); err == nil && pinnedMode(fi.Mode()) {
+			d.pinned[key] = e
+			d.pinnedBytes += e.size
+			continue
+		}
+		d.bytes -= e.size
+		os.Remove(p)
 		d.Stats.Evictions.Add(1)
 	}
 }
 
-func (d *Disk) path(key string) string {
+func (d *Disk) path(key string) string { return blockPath(d.dir, key) }
+
+// blockPath is where the block of multihash key lives in the store in dir.
+func blockPath(dir, key string) string {
 	h := hex.EncodeToString([]byte(key))
-	return filepath.Join(d.dir, "blocks", h[len(h)-2:], h)
+	return filepath.Join(dir, "blocks", h[len(h)-2:], h)
 }
 
 // GetBlock returns the block from disk, checked against c, or fetches it
@@ -165,19 +292,27 @@ func (d *Disk) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		d.Stats.Hits.Add(1)
 		return blocks.NewBlockWithCid(data, c)
 	}
+	if data, ok := d.adopt(key, c); ok {
+		d.Stats.Hits.Add(1)
+		return blocks.NewBlockWithCid(data, c)
+	}
 	d.Stats.Misses.Add(1)
 	return fetchShared(ctx, &d.inflight, d.src, key, c, d.write)
 }
 
-// read returns the stored bytes of key if present and intact. A file that
+// read returns the stored bytes of key if indexed and intact. A file that
 // is unreadable or does not hash to c is deleted and counted.
 func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
 	d.mu.Lock()
-	e, ok := d.lru.Get(key)
+	e, pinned, ok := d.entry(key)
 	touch := ok && time.Since(e.touched) > touchEvery
 	if touch {
 		e.touched = time.Now()
-		d.lru.Add(key, e)
+		if pinned {
+			d.pinned[key] = e
+		} else {
+			d.lru.Add(key, e)
+		}
 	}
 	d.mu.Unlock()
 	if !ok {
@@ -201,14 +336,62 @@ func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
 	return data, true
 }
 
+// adopt indexes and returns the block file of key that another process
+// (a prefetch, another mount) wrote after this store was opened, if it is
+// there and intact; a damaged one is deleted and counted.
+func (d *Disk) adopt(key string, c cid.Cid) ([]byte, bool) {
+	p := d.path(key)
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() > fetch.MaxBlockSize {
+		return nil, false
+	}
+	data := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, data); err != nil || fetch.CheckBlock(c, data) != nil {
+		d.Stats.Corrupt.Add(1)
+		os.Remove(p)
+		return nil, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, _, ok := d.entry(key); !ok {
+		d.add(key, diskEntry{fi.Size(), fi.ModTime()}, pinnedMode(fi.Mode()))
+		d.Stats.Adopted.Add(1)
+		d.trim()
+	}
+	return data, true
+}
+
 // write stores a verified block; failures (a full disk) only mean it is
-// not cached.
+// not cached. A block held already is left as it is: rewriting it would
+// unpin it.
 func (d *Disk) write(key string, data []byte) {
 	size := int64(len(data))
 	if size > d.max {
 		return
 	}
+	d.mu.Lock()
+	_, _, held := d.entry(key)
+	d.mu.Unlock()
+	if held {
+		return
+	}
 	p := d.path(key)
+	if fi, err := os.Lstat(p); err == nil && pinnedMode(fi.Mode()) && fi.Size() == size {
+		// Pinned by another process since this store was opened; reads
+		// check it against its CID as any other.
+		d.mu.Lock()
+		if _, _, ok := d.entry(key); !ok {
+			d.add(key, diskEntry{size, fi.ModTime()}, true)
+			d.Stats.Adopted.Add(1)
+		}
+		d.mu.Unlock()
+		return
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return
 	}
@@ -224,24 +407,21 @@ func (d *Disk) write(key string, data []byte) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if old, ok := d.lru.Peek(key); ok {
-		d.bytes -= old.size
-	}
-	d.lru.Add(key, diskEntry{size, time.Now()})
-	d.bytes += size
+	d.unindex(key)
+	d.add(key, diskEntry{size, time.Now()}, false)
 	d.trim()
 }
 
-// forget drops key from the index and deletes its file.
+// forget drops key from the index and deletes its file, pinned or not.
 func (d *Disk) forget(key string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.lru.Remove(key) {
-		os.Remove(d.path(key))
-	}
+	d.unindex(key)
+	os.Remove(d.path(key))
 }
 
-// Remove drops the block named by c, if stored.
+// Remove drops the block named by c, if stored, pinned or not (a
+// quarantined path's blocks leave every cache).
 func (d *Disk) Remove(c cid.Cid) { d.forget(string(c.Hash())) }
 
 // Put stores a block that arrived by another path (a batched fetch); the
@@ -259,9 +439,23 @@ func (d *Disk) Bytes() int64 {
 func (d *Disk) Len() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.lru.Len()
+	return d.lru.Len() + len(d.pinned)
 }
 
-// Close releases nothing today (the directory is the index); it exists so
-// callers need not change when that does.
-func (d *Disk) Close() error { return nil }
+// Max is the quota the store was opened with.
+func (d *Disk) Max() int64 { return d.max }
+
+// Dir is the store's directory.
+func (d *Disk) Dir() string { return d.dir }
+
+// Close releases the directory's lock. The store must not be used after.
+func (d *Disk) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lock == nil {
+		return nil
+	}
+	err := d.lock.Close()
+	d.lock = nil
+	return err
+}

@@ -9,4 +9,10 @@
 // the source's own timeout, and fills the cache for the next reader.
 // Caches hold only what the layer below returned, so they must sit above
 // fetch.Verify.
+//
+// The disk store is shared by the processes that open one directory (a
+// mount, a server, a prefetch): each takes in the block files the others
+// write; a pinned block (Disk.Pin: a prefetched closure needs it) is never
+// evicted or released by any of them; only GC, holding the directory's
+// lock exclusively (no store open), deletes what nothing needs any more.
 package cache

@@ -99,5 +99,7 @@ func (m *Memory) awaitExpected(ctx context.Context, key string) ([]byte, error) 
 func (d *Disk) Contains(c cid.Cid) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.lru.Contains(string(c.Hash()))
+	key := string(c.Hash())
+	_, pinned := d.pinned[key]
+	return pinned || d.lru.Contains(key)
 }

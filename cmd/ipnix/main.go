@@ -49,6 +49,8 @@ Usage:
   ipnix register [flags] STOREPATH...  write nix-store --load-db input for closures
   ipnix serve [flags]                  an HTTP binary cache for plain Nix, from IPFS
   ipnix mirror [flags] --from CACHE    pin every NAR of a binary cache on a kubo node
+  ipnix prefetch [flags] STOREPATH...  fetch whole closures into a cache dir, for offline use
+  ipnix cache stats|gc [flags]         what a cache dir holds; drop what nothing needs
   ipnix version                        print the version
 
 Run "ipnix <command> --help" for the flags of a command.
@@ -104,6 +106,10 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = runServe(ctx, rest, stdout, stderr)
 	case "mirror":
 		err = runMirror(ctx, rest, os.Stdin, stdout, stderr)
+	case "prefetch":
+		err = runPrefetch(ctx, rest, stdout, stderr)
+	case "cache":
+		err = runCache(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "ipnix %s\n", version)
 	case "", "help", "-h", "--help":

@@ -98,8 +98,8 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs := newFlagSet("mount", mountSynopsis, out)
 	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
-	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
-	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from before the kubo RPC API, e.g. http://127.0.0.1:8080 (repeatable; default: the local kubo's gateway when it listens on loopback)")
+	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default, unless only --gateway is given: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from, e.g. https://gw.example.org (repeatable, tried in order). With no --api the gateways are the only block sources and no kubo is needed; with --api they are asked before it (default: the local kubo's gateway when it listens on loopback)")
 	c.MemoryCache = defaultMemoryCache
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for the on-disk cache (local copies of verified files for FUSE passthrough, and verified blocks: see --disk-blocks); none if empty")
@@ -386,8 +386,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer fsys.Close()
 	if disk != nil {
-		// A block whose bytes a local copy holds need not be on disk twice.
-		fsys.SetCopiedBlocks(disk.Remove)
+		// A block whose bytes a local copy holds need not be on disk twice;
+		// prefetched (pinned) blocks stay, as the copies may go first.
+		fsys.SetCopiedBlocks(disk.Release)
 	}
 	closure, roots, err := preloadClosures(ctx, c, res, fsys, stderr)
 	if err != nil {

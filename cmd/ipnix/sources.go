@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/prefetch"
 )
 
 // blockFlags are the flags that choose where blocks come from and how
@@ -45,7 +47,7 @@ const (
 	diskBlocksNever  diskBlocks = "never"
 )
 
-const diskBlocksHelp = "keep verified blocks on disk under --cache-dir: auto keeps them only when a block source is remote (a --gateway or --api neither on loopback nor a unix socket), since a local kubo's blockstore already holds every block it serves and a second copy would only double the disk writes; always; never"
+const diskBlocksHelp = "keep verified blocks on disk under --cache-dir: auto keeps them only when a block source is remote (a --gateway or --api neither on loopback nor a unix socket), since a local kubo's blockstore already holds every block it serves and a second copy would only double the disk writes, or when closures were prefetched into --cache-dir (ipnix prefetch); always; never"
 
 // diskBlocksValue is the pflag.Value of --disk-blocks.
 type diskBlocksValue struct{ p *diskBlocks }
@@ -107,15 +109,21 @@ type blockStack struct {
 	top     fetch.BlockGetter // mem
 }
 
-// openBlocks builds the block stack of f. The local kubo's gateway is
-// used first when none is given and it listens on loopback.
+// openBlocks builds the block stack of f. With --gateway and no --api the
+// gateways are the only sources: no kubo is asked for anything, so a thin
+// client needs none. Otherwise the kubo RPC API comes after the gateways,
+// and the local kubo's gateway is used first when none is given and it
+// listens on loopback.
 func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStack, error) {
-	kubo, err := fetch.NewKubo(f.API, f.BlockTimeout)
-	if err != nil {
-		return nil, usageError{fmt.Errorf("--api: %w", err)}
-	}
-	if err := pingKubo(ctx, kubo); err != nil {
-		log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
+	var kubo *fetch.Kubo
+	if f.API != "" || len(f.Gateways) == 0 {
+		var err error
+		if kubo, err = fetch.NewKubo(f.API, f.BlockTimeout); err != nil {
+			return nil, usageError{fmt.Errorf("--api: %w", err)}
+		}
+		if err := pingKubo(ctx, kubo); err != nil {
+			log.Warn("kubo API not answering yet; reads will fail until it does", "api", kubo.String(), "err", err)
+		}
 	}
 	gateways := f.Gateways
 	if len(gateways) == 0 {
@@ -125,38 +133,48 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	}
 	st := &blockStack{}
 	var sources fetch.Failover
+	var gws []*fetch.Gateway
 	for _, u := range gateways {
 		gw, err := fetch.NewGateway(u, f.BlockTimeout)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--gateway: %w", err)}
 		}
+		gws = append(gws, gw)
 		sources = append(sources, fetch.Verify(gw, &st.fetched))
 		st.names = append(st.names, gw.String())
 		if !loopbackURL(u) {
 			st.remote = append(st.remote, gw.String())
 		}
-		if st.batch == nil {
-			if st.batch, err = st.rangeFetcher(f.RangeFetch, gw, log); err != nil {
-				return nil, err
-			}
+	}
+	if len(gws) > 0 {
+		var err error
+		if st.batch, err = st.rangeFetcher(f.RangeFetch, &gatewayPick{gws: gws}, log); err != nil {
+			return nil, err
 		}
 	}
 	if f.RangeFetch == "car" && st.batch == nil {
 		return nil, usageError{errors.New("--range-fetch car needs a --gateway (or a local kubo gateway to discover)")}
 	}
-	sources = append(sources, fetch.Verify(kubo, &st.fetched))
-	st.names = append(st.names, kubo.String())
-	if !localKubo(f.API) {
-		st.remote = append(st.remote, kubo.String())
+	if kubo != nil {
+		sources = append(sources, fetch.Verify(kubo, &st.fetched))
+		st.names = append(st.names, kubo.String())
+		if !localKubo(f.API) {
+			st.remote = append(st.remote, kubo.String())
+		}
 	}
 	// A block that no source delivered in time fails again at once for a
 	// few seconds: the kernel's immediate retries of a failed read must
 	// not each wait the whole --read-timeout.
 	var below fetch.BlockGetter = fetch.RememberFailures(sources, fetch.DefaultFailureMemory)
 	if st.keepBlocks(f) {
+		var err error
 		st.disk, err = cache.OpenDisk(f.CacheDir, f.DiskBytes, below)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--cache-dir: %w", err)}
+		}
+		if n, b := st.disk.Pinned(); b > f.DiskBytes {
+			log.Warn("the blocks pinned by prefetched closures exceed the disk block store's quota: no other block is kept on disk (raise --cache-size, or drop closures with ipnix cache gc --forget)",
+				"pinned_blocks", n, "pinned_bytes", b, "quota", f.DiskBytes)
 		}
 		below = st.disk
 	} else if f.CacheDir != "" && f.DiskBlocks != diskBlocksNever {
@@ -169,11 +187,34 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	return st, nil
 }
 
-// rangeFetcher returns how read-ahead fetches runs of blocks from gw in
-// one request each (nil for mode off). The blocks it delivers are
-// verified (FetchBytes and FetchRange check each against its CID) and
+// gatewayPick is the gateway that ranged fetches go to: the first, until a
+// ranged fetch from it fails (a gateway that is down or lies), then the
+// next, in turn. Single blocks fail over on their own (fetch.Failover).
+type gatewayPick struct {
+	gws []*fetch.Gateway
+	cur atomic.Int32
+}
+
+// get returns the gateway to ask and its number, for failed.
+func (p *gatewayPick) get() (int32, *fetch.Gateway) {
+	i := p.cur.Load()
+	return i, p.gws[i]
+}
+
+// failed moves on from gateway i after err, unless the fetch was
+// cancelled by its caller (or another fetch has moved on already).
+func (p *gatewayPick) failed(i int32, err error) {
+	if err == nil || errors.Is(err, context.Canceled) || len(p.gws) < 2 {
+		return
+	}
+	p.cur.CompareAndSwap(i, (i+1)%int32(len(p.gws)))
+}
+
+// rangeFetcher returns how read-ahead fetches runs of blocks from a
+// gateway in one request each (nil for mode off). The blocks it delivers
+// are verified (FetchBytes and FetchRange check each against its CID) and
 // counted as fetched.
-func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Logger) (*fetch.Batch, error) {
+func (st *blockStack) rangeFetcher(mode string, pick *gatewayPick, log *slog.Logger) (*fetch.Batch, error) {
 	counted := func(put func(blocks.Block)) func(blocks.Block) {
 		return func(b blocks.Block) {
 			st.fetched.Blocks.Add(1)
@@ -196,9 +237,13 @@ func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Log
 	case "bytes", "":
 		return &fetch.Batch{OnError: onError,
 			Fetch: func(ctx context.Context, f *fetch.File, run []fetch.LeafRange, put func(blocks.Block)) (int, error) {
-				return f.FetchBytes(ctx, gw, run, counted(put))
+				i, gw := pick.get()
+				n, err := f.FetchBytes(ctx, gw, run, counted(put))
+				pick.failed(i, err)
+				return n, err
 			},
 			Stream: func(ctx context.Context, f *fetch.File, from, to int64, resolved func([]fetch.LeafRange), put func(fetch.LeafRange, blocks.Block) error) (int64, error) {
+				i, gw := pick.get()
 				end, err := f.Stream(ctx, gw, from, to, resolved, func(l fetch.LeafRange, b blocks.Block) error {
 					st.fetched.Blocks.Add(1)
 					st.fetched.Bytes.Add(int64(len(b.RawData())))
@@ -206,6 +251,7 @@ func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Log
 				})
 				if errors.Is(err, fetch.ErrHashMismatch) {
 					onError(err)
+					pick.failed(i, err)
 				}
 				return end, err
 			}}, nil
@@ -213,13 +259,18 @@ func (st *blockStack) rangeFetcher(mode string, gw *fetch.Gateway, log *slog.Log
 		return &fetch.Batch{OnError: onError,
 			Fetch: func(ctx context.Context, f *fetch.File, run []fetch.LeafRange, put func(blocks.Block)) (int, error) {
 				last := run[len(run)-1]
-				return f.FetchRange(ctx, gw, run[0].Start, last.Start+last.Size, counted(put))
+				i, gw := pick.get()
+				n, err := f.FetchRange(ctx, gw, run[0].Start, last.Start+last.Size, counted(put))
+				pick.failed(i, err)
+				return n, err
 			}}, nil
 	}
 	return nil, usageError{fmt.Errorf("--range-fetch %q: want bytes, car or off", mode)}
 }
 
 // keepBlocks decides whether verified blocks go to disk (see diskBlocks).
+// Under auto, a cache directory holding prefetched closures is always
+// used: their blocks may be nowhere else (the machine is offline).
 func (st *blockStack) keepBlocks(f blockFlags) bool {
 	switch {
 	case f.CacheDir == "" || f.DiskBlocks == diskBlocksNever:
@@ -227,7 +278,7 @@ func (st *blockStack) keepBlocks(f blockFlags) bool {
 	case f.DiskBlocks == diskBlocksAlways || len(st.remote) > 0:
 		return true
 	}
-	return false
+	return prefetch.Recorded(f.CacheDir)
 }
 
 // evict drops a block from every cache.
