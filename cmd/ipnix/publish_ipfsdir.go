@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/ipfs/kubo/client/rpc"
+
+	"github.com/ipnix/ipnix/publish"
+)
+
+// publishIpfsDir adds the cache directory to IPFS (--ipfs-dir) and, with
+// --ipns-key, points the key's IPNS name at it. stdout gets the CID, then
+// the name, one a line; progress and the summary go to stderr.
+func publishIpfsDir(ctx context.Context, c *publishConfig, api *rpc.HttpApi, stdout, stderr io.Writer) error {
+	start := time.Now()
+	last := start
+	res, err := publish.AddCacheDir(ctx, api, c.To, func(sent, total int) {
+		if now := time.Now(); now.Sub(last) >= time.Second {
+			last = now
+			fmt.Fprintf(stderr, "ipnix: adding %s to IPFS: %d of %d files sent\n", c.To, sent, total)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	layout := "one block"
+	if res.Sharded {
+		layout = "HAMT-sharded"
+	}
+	fmt.Fprintf(stderr, "ipnix: cache directory %s added to IPFS: %d files (%d narinfos, %s), %s, in %v\n",
+		res.Root, res.Files, res.NarInfos, publish.HumanBytes(uint64(res.Bytes)), layout, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintln(stdout, res.Root)
+	if c.IpnsKey == "" {
+		return nil
+	}
+	start = time.Now()
+	name, err := publish.PublishName(ctx, api, c.IpnsKey, res.Root)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "ipnix: IPNS name %s (key %q) points to %s, in %v\n", name, c.IpnsKey, res.Root, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintln(stdout, name)
+	return nil
+}
