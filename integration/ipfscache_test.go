@@ -31,14 +31,23 @@ func ipfsDirPublish(t *testing.T, args ...string) (lines []string, stderr string
 	return strings.Fields(out.String()), errb.String()
 }
 
-// ipfsDirShardingKubo starts a kubo that shards every directory of more than
-// a few entries, so that a test cache is a HAMT as a cache of thousands
-// of paths would be.
+// ipfsDirShardingKubo starts a kubo that shards every directory of more
+// than a few entries, so that a test cache is a HAMT as a cache of
+// thousands of paths would be. Its routing is the DHT (with no peers):
+// with Routing "none", kubo 0.43 resolves no IPNS name, not even one it
+// published itself with --allow-offline.
 func ipfsDirShardingKubo(t *testing.T) *kubo {
 	t.Helper()
 	k, err := runenv.StartKuboWrapped(ipfsBin, t.TempDir(), nil, func(k *runenv.Kubo) error {
-		_, err := k.Run(nil, "config", "Import.UnixFSHAMTDirectorySizeThreshold", "256B")
-		return err
+		for _, args := range [][]string{
+			{"config", "Import.UnixFSHAMTDirectorySizeThreshold", "256B"},
+			{"config", "--json", "Routing.Type", `"dht"`},
+		} {
+			if _, err := k.Run(nil, args...); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

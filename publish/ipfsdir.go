@@ -164,23 +164,12 @@ const IPNSTTL = time.Minute
 // repository must not move them silently to a new one. It returns the
 // name in its k51... form.
 func PublishName(ctx context.Context, api *rpc.HttpApi, keyName string, root cid.Cid) (string, error) {
-	var keys struct {
-		Keys []struct{ Name, Id string }
-	}
-	if err := api.Request("key/list").Exec(ctx, &keys); err != nil {
-		return "", fmt.Errorf("kubo key/list: %w", err)
-	}
-	var id string
-	for _, k := range keys.Keys {
-		if k.Name == keyName {
-			id = k.Id
-		}
-	}
-	if id == "" {
-		return "", fmt.Errorf("kubo has no key %q: create it once with `ipfs key gen %s` and keep that kubo repository (the IPNS name is the key's)", keyName, keyName)
+	want, err := KeyName(ctx, api, keyName)
+	if err != nil {
+		return "", err
 	}
 	var out struct{ Name, Value string }
-	err := api.Request("name/publish", "/ipfs/"+root.String()).
+	err = api.Request("name/publish", "/ipfs/"+root.String()).
 		Option("key", keyName).
 		Option("allow-offline", true).
 		Option("ttl", IPNSTTL.String()).
@@ -192,10 +181,52 @@ func PublishName(ctx context.Context, api *rpc.HttpApi, keyName string, root cid
 	if err != nil {
 		return "", fmt.Errorf("kubo name/publish answered name %q: %w", out.Name, err)
 	}
-	if want, err := ipns.NameFromString(id); err == nil && !want.Equal(name) {
+	if !want.Equal(name) {
 		return "", fmt.Errorf("kubo published under %s, not key %q's name %s", name, keyName, want)
 	}
 	return name.String(), nil
+}
+
+// KeyName returns the IPNS name of kubo's key keyName, or an error saying
+// how to create the key.
+func KeyName(ctx context.Context, api *rpc.HttpApi, keyName string) (ipns.Name, error) {
+	var keys struct {
+		Keys []struct{ Name, Id string }
+	}
+	if err := api.Request("key/list").Exec(ctx, &keys); err != nil {
+		return ipns.Name{}, fmt.Errorf("kubo key/list: %w", err)
+	}
+	for _, k := range keys.Keys {
+		if k.Name == keyName {
+			n, err := ipns.NameFromString(k.Id)
+			if err != nil {
+				return ipns.Name{}, fmt.Errorf("kubo key %q has id %q: %w", keyName, k.Id, err)
+			}
+			return n, nil
+		}
+	}
+	return ipns.Name{}, fmt.Errorf("kubo has no key %q: create it once with `ipfs key gen %s` and keep that kubo repository (the IPNS name is the key's)", keyName, keyName)
+}
+
+// CheckName asks kubo for the record of the IPNS name it just published
+// (routing/get, for at most a few seconds) and returns an error when kubo
+// answers that it has none: a node whose routing holds no IPNS records
+// (Routing.Type "none") publishes names that nobody, itself included, can
+// resolve. No answer within the time is not an error (a DHT may be slow).
+func CheckName(ctx context.Context, api *rpc.HttpApi, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var ev struct{ Extra string }
+	err := api.Request("routing/get", "/ipns/"+name).Exec(ctx, &ev)
+	switch {
+	case err == nil && ev.Extra != "":
+		return nil
+	case err != nil && ctx.Err() != nil:
+		return nil
+	case err == nil:
+		err = errors.New("empty record")
+	}
+	return fmt.Errorf("kubo cannot find the record of %s it just published (%v): clients will not resolve it; IPNS needs routing that holds records (Routing.Type dht, even with no peers, or auto), not \"none\"", name, err)
 }
 
 // lazyDir is the directory AddCacheDir sends: its files are opened one

@@ -126,6 +126,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
 	}
+	if err := checkIpfsDir(ctx, c, api); err != nil {
+		return err
+	}
 	isTerm := false
 	if f, ok := stderr.(*os.File); ok {
 		isTerm = term.IsTerminal(int(f.Fd()))

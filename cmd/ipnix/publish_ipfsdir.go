@@ -4,12 +4,31 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ipfs/kubo/client/rpc"
 
 	"github.com/ipnix/ipnix/publish"
 )
+
+// checkIpfsDir refuses, before anything is published, what would make
+// --ipfs-dir or --ipns-key fail at the end: DIR given alone but not a
+// binary cache, a kubo key that does not exist.
+func checkIpfsDir(ctx context.Context, c *publishConfig, api *rpc.HttpApi) error {
+	if c.IpfsDir && c.From == "" && len(c.Paths) == 0 {
+		if _, err := os.Stat(filepath.Join(c.To, "nix-cache-info")); err != nil {
+			return usageError{fmt.Errorf("--to %s: not a binary cache to add (%v)", c.To, err)}
+		}
+	}
+	if c.IpnsKey != "" {
+		if _, err := publish.KeyName(ctx, api, c.IpnsKey); err != nil {
+			return usageError{fmt.Errorf("--ipns-key: %w", err)}
+		}
+	}
+	return nil
+}
 
 // publishIpfsDir adds the cache directory to IPFS (--ipfs-dir) and, with
 // --ipns-key, points the key's IPNS name at it. stdout gets the CID, then
@@ -42,6 +61,9 @@ func publishIpfsDir(ctx context.Context, c *publishConfig, api *rpc.HttpApi, std
 		return err
 	}
 	fmt.Fprintf(stderr, "ipnix: IPNS name %s (key %q) points to %s, in %v\n", name, c.IpnsKey, res.Root, time.Since(start).Round(time.Millisecond))
+	if err := publish.CheckName(ctx, api, name); err != nil {
+		fmt.Fprintf(stderr, "ipnix: warning: %v\n", err)
+	}
 	fmt.Fprintln(stdout, name)
 	return nil
 }
