@@ -40,7 +40,7 @@ func ipfsDirShardingKubo(t *testing.T) *kubo {
 	t.Helper()
 	k, err := runenv.StartKuboWrapped(ipfsBin, t.TempDir(), nil, func(k *runenv.Kubo) error {
 		for _, args := range [][]string{
-			{"config", "Import.UnixFSHAMTDirectorySizeThreshold", "256B"},
+			{"config", "Import.UnixFSHAMTDirectorySizeThreshold", "100B"},
 			{"config", "--json", "Routing.Type", `"dht"`},
 		} {
 			if _, err := k.Run(nil, args...); err != nil {
@@ -156,8 +156,9 @@ func TestIPFSCache(t *testing.T) {
 		t.Fatalf("%s published under the name did not appear within %v: %v", bin, bound, err)
 	}
 	t.Logf("%s appeared %v after the republish (refresh %v)", bin, took.Round(100*time.Millisecond), refresh)
-	if !m.waitLog("IPNS name points to a new cache directory", root2) {
-		t.Errorf("mount log does not show the move to %s", root2)
+	// The record came from the gateway and was verified here.
+	if !m.waitLog("IPNS name points to a new cache directory", root2, "verified=true", `from="gateway`) {
+		t.Errorf("mount log does not show the move to %s by a verified record", root2)
 	}
 	readsAsPublished(m, bin)
 
@@ -166,6 +167,15 @@ func TestIPFSCache(t *testing.T) {
 	readsAsPublished(mc, lib)
 	if _, err := os.Lstat(filepath.Join(mc.dir, filepath.Base(bin))); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("%s in ipfs://%s, which predates it: %v", bin, root1, err)
+	}
+
+	// With no gateway that answers, the name is resolved through kubo's
+	// RPC API (routing/get hands over the record, verified here).
+	dead := "http://127.0.0.1:1"
+	mk := startMount(t, "--api", k.api, "--gateway", dead, "--substituter", "ipns://"+name, "--trusted-public-key", pub)
+	readsAsPublished(mk, bin)
+	if !mk.waitLog("IPNS name resolved", root2, "verified=true", "(record)") {
+		t.Errorf("mount without a gateway did not resolve the name by kubo's record")
 	}
 
 	t.Run("unsigned-or-untrusted-narinfo-refused", func(t *testing.T) {
@@ -213,8 +223,9 @@ func TestIPFSCache(t *testing.T) {
 				t.Errorf("%s, %s: %v, want ENOENT", sp, map[string]string{bin: "unsigned", big: "signed by an untrusted key"}[sp], err)
 			}
 		}
-		if !me.waitLog("store path not shown", filepath.Base(bin), filepath.Base(big)) {
-			t.Errorf("the refusals are not logged")
+		// Refused for their signatures, not for anything else.
+		if !me.waitLog("store path not shown", filepath.Base(bin), filepath.Base(big), "no signature (Sig)", "no signature by a trusted key") {
+			t.Errorf("the refusals are not logged with their reasons")
 		}
 	})
 }

@@ -81,3 +81,19 @@ func checkIPFSSubstituters(urls []string, refresh time.Duration) error {
 	}
 	return nil
 }
+
+// checkSubstituters checks the file:// and http(s):// substituters as
+// newResolver will, without contacting anything, so that a mistyped one
+// is a usage error before the block sources are opened (ipfs:// and
+// ipns:// ones need those, and are checked with the flags).
+func checkSubstituters(urls []string) error {
+	for _, u := range urls {
+		if ipfscache.IsURL(u) {
+			continue
+		}
+		if _, err := newResolver([]string{u}, nil, false, false, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}

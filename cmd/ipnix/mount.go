@@ -348,6 +348,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
 
+	if err := checkSubstituters(c.Substituters); err != nil {
+		return err
+	}
 	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
 		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()}, log)
 	if err != nil {

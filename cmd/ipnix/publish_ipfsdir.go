@@ -17,14 +17,14 @@ import (
 // --ipfs-dir or --ipns-key fail at the end: DIR given alone but not a
 // binary cache, a kubo key that does not exist.
 func checkIpfsDir(ctx context.Context, c *publishConfig, api *rpc.HttpApi) error {
-	if c.IpfsDir && c.From == "" && len(c.Paths) == 0 {
-		if _, err := os.Stat(filepath.Join(c.To, "nix-cache-info")); err != nil {
-			return usageError{fmt.Errorf("--to %s: not a binary cache to add (%v)", c.To, err)}
-		}
-	}
 	if c.IpnsKey != "" {
 		if _, err := publish.KeyName(ctx, api, c.IpnsKey); err != nil {
 			return usageError{fmt.Errorf("--ipns-key: %w", err)}
+		}
+	}
+	if c.IpfsDir && c.From == "" && len(c.Paths) == 0 {
+		if _, err := os.Stat(filepath.Join(c.To, "nix-cache-info")); err != nil {
+			return usageError{fmt.Errorf("--to %s: not a binary cache to add (%v)", c.To, err)}
 		}
 	}
 	return nil

@@ -102,6 +102,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
+	if err := checkSubstituters(c.Substituters); err != nil {
+		return err
+	}
 	st, err := openBlocks(ctx, c.Blocks, log)
 	if err != nil {
 		return err
