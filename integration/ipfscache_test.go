@@ -267,3 +267,35 @@ func ipfsDirWrite(t *testing.T, path string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestIPFSCacheShardedByDefault: with kubo's default import settings, a
+// cache directory of 2,000 store paths (4,000 files) is added as a HAMT,
+// not as one block; one of 20 is not.
+func TestIPFSCacheShardedByDefault(t *testing.T) {
+	requireReal(t)
+	k := startKubo(t)
+	for _, tc := range []struct {
+		paths   int
+		sharded bool
+	}{{20, false}, {2000, true}} {
+		dir := t.TempDir()
+		ipfsDirWrite(t, filepath.Join(dir, "nix-cache-info"), []byte("StoreDir: /nix/store\n"))
+		const nix32 = "0123456789abcdfghijklmnpqrsvwxyz"
+		for i := range tc.paths {
+			h := []byte("00000000000000000000000000000000")
+			for j, n := 31, i; n > 0; j, n = j-1, n/32 {
+				h[j] = nix32[n%32]
+			}
+			ipfsDirWrite(t, filepath.Join(dir, string(h)+".narinfo"), []byte("StorePath: x\n"))
+			ipfsDirWrite(t, filepath.Join(dir, string(h)+".ls"), []byte("{}"))
+		}
+		lines, stderr := ipfsDirPublish(t, "--api", k.api, "--to", dir, "--ipfs-dir")
+		if len(lines) != 1 {
+			t.Fatalf("publish printed %q\n%s", lines, stderr)
+		}
+		if got := ipfsDirIsHAMT(t, k, lines[0]); got != tc.sharded || strings.Contains(stderr, "HAMT-sharded") != tc.sharded {
+			t.Errorf("%d paths: sharded %v (kubo), stderr %q; want sharded %v", tc.paths, got, stderr, tc.sharded)
+		}
+		t.Logf("%d paths: %s", tc.paths, strings.TrimSpace(stderr))
+	}
+}
