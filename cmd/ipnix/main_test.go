@@ -401,7 +401,7 @@ func TestClosureArgs(t *testing.T) {
 // naming the flag; sources that do not answer are named in a warning.
 func TestStartupChecks(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-such-cache")
-	_, err := newResolver([]string{"file://" + missing}, nil, false, false)
+	_, err := newResolver([]string{"file://" + missing}, nil, false, false, nil)
 	var ue usageError
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--substituter") || !strings.Contains(err.Error(), missing) {
 		t.Fatalf("missing file:// cache: %v", err)
@@ -410,7 +410,7 @@ func TestStartupChecks(t *testing.T) {
 		t.Fatalf("register with a missing cache: exit %d, want %d", code, exitUsage)
 	}
 	dead := "http://127.0.0.1:1" // nothing listens on port 1
-	res, err := newResolver([]string{dead}, nil, false, false)
+	res, err := newResolver([]string{dead}, nil, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fusefs"
+	"github.com/ipnix/ipnix/ipfscache"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -44,6 +45,7 @@ const (
 type mountConfig struct {
 	MountPoint         string
 	Substituters       []string
+	IpnsRefresh        time.Duration
 	TrustedKeys        []string
 	API                string
 	Gateways           []string
@@ -96,7 +98,8 @@ var notOptions = map[string]bool{"option": true, "help": true}
 func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	c := &mountConfig{}
 	fs := newFlagSet("mount", mountSynopsis, out)
-	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
+	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir, http(s)://host/path, ipfs://CID (a UnixFS directory, as publish --ipfs-dir adds) or ipns://NAME (the directory an IPNS name points to, resolved again every --ipns-refresh) (repeatable; asked in order)")
+	fs.DurationVar(&c.IpnsRefresh, "ipns-refresh", ipfscache.DefaultRefresh, ipnsRefreshHelp)
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default, unless only --gateway is given: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from, e.g. https://gw.example.org (repeatable, tried in order). With no --api the gateways are the only block sources and no kubo is needed; with --api they are asked before it (default: the local kubo's gateway when it listens on loopback)")
@@ -199,6 +202,9 @@ func (c *mountConfig) check() error {
 		return fmt.Errorf("--listing-memory %d must be positive", c.ListingMemory)
 	case c.RangeFetch != "bytes" && c.RangeFetch != "car" && c.RangeFetch != "off":
 		return fmt.Errorf("--range-fetch %q: want bytes, car or off", c.RangeFetch)
+	}
+	if err := checkIPFSSubstituters(c.Substituters, c.IpnsRefresh); err != nil {
+		return err
 	}
 	if c.Overlay != "" && len(c.Closures) == 0 && c.ClosuresFrom == "" {
 		return errors.New("--overlay needs --closure (or --closures-from): the paths to register in the Nix database")
@@ -342,8 +348,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
 
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig)
-	if err != nil {
+	if err := checkSubstituters(c.Substituters); err != nil {
 		return err
 	}
 	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
@@ -352,6 +357,15 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer st.Close()
+	ipfs, err := newIPFSCaches(st, c.API, c.BlockTimeout, c.IpnsRefresh, log)
+	if err != nil {
+		return err
+	}
+	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
+	if err != nil {
+		return err
+	}
+	ipfs.run(ctx)
 	warnUnanswered(ctx, res.Substituters, c.Gateways, log)
 	fetched, mem, disk, names := &st.fetched, st.mem, st.disk, st.names
 	readahead := c.Readahead
@@ -568,8 +582,9 @@ func preloadClosures(ctx context.Context, c *mountConfig, res *narindex.Resolver
 const closureWorkers = 8
 
 // newResolver builds the resolver of --substituter and --trusted-public-key
-// flags; errors are usage errors naming the flag.
-func newResolver(substituters, keys []string, requireSigs, requireCidSig bool) (*narindex.Resolver, error) {
+// flags; errors are usage errors naming the flag. ipfs opens ipfs:// and
+// ipns:// substituters; nil refuses them.
+func newResolver(substituters, keys []string, requireSigs, requireCidSig bool, ipfs *ipfsCaches) (*narindex.Resolver, error) {
 	res := &narindex.Resolver{RequireSigs: requireSigs, RequireCidSig: requireCidSig}
 	for _, k := range keys {
 		pk, err := parseTrustedKey(k)
@@ -579,6 +594,17 @@ func newResolver(substituters, keys []string, requireSigs, requireCidSig bool) (
 		res.TrustedKeys = append(res.TrustedKeys, pk)
 	}
 	for _, u := range substituters {
+		if ipfscache.IsURL(u) {
+			if ipfs == nil {
+				return nil, usageError{fmt.Errorf("--substituter %q: ipfs:// and ipns:// caches are read by mount and serve only", u)}
+			}
+			s, err := ipfs.open(u)
+			if err != nil {
+				return nil, usageError{fmt.Errorf("--substituter: %w", err)}
+			}
+			res.Substituters = append(res.Substituters, s)
+			continue
+		}
 		s, err := narindex.OpenSubstituter(u, narindex.SubstituterOptions{})
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--substituter %q: %w", u, err)}

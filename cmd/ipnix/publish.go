@@ -26,10 +26,13 @@ type publishConfig struct {
 	Jobs      int
 	Debug     bool
 	Paths     []string
+	IpfsDir   bool   // also add DIR to IPFS as a directory (publish_ipfsdir.go)
+	IpnsKey   string // and point this kubo key's IPNS name at it
 }
 
 const publishSynopsis = `Usage: ipnix publish --to DIR [flags] STOREPATH...
        ipnix publish --to DIR [flags] --from CACHE
+       ipnix publish --to DIR --ipfs-dir [--ipns-key NAME]
 
 Add store paths from the local Nix store (with their closure, unless
 --no-closure) to IPFS through a kubo node, and write DIR as a binary cache:
@@ -44,6 +47,13 @@ narinfo fields and signatures.
 Paths whose narinfo in DIR already has an IpfsCid are skipped. NARs are
 stored as CIDv1, raw leaves, 256 KiB chunks, balanced layout, pinned, so
 anyone can recompute a CID with "ipfs add --cid-version=1".
+
+With --ipfs-dir, DIR itself (nix-cache-info, narinfos and listings; not
+nar/, whose NARs are in IPFS already) is then added to IPFS as one UnixFS
+directory, HAMT-sharded when large, and its CID printed on stdout: mount
+it with --substituter ipfs://CID. With --ipns-key NAME, the IPNS name of
+kubo key NAME (ipfs key gen NAME, once) is pointed at it and printed on a
+second line: mount with --substituter ipns://NAME to follow each publish.
 `
 
 func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
@@ -56,6 +66,8 @@ func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
 	fs.BoolVar(&c.NoClosure, "no-closure", false, "publish only the paths named, not what they reference")
 	fs.StringVar(&c.Chunker, "chunker", publish.DefaultChunker, "kubo chunker for NARs (size-N, rabin-..., buzhash)")
 	fs.IntVarP(&c.Jobs, "jobs", "j", 2, "store paths to stream into kubo at once")
+	fs.BoolVar(&c.IpfsDir, "ipfs-dir", false, "then add DIR's narinfos, listings and nix-cache-info to IPFS as one UnixFS directory (pinned; HAMT-sharded when large) and print its CID on stdout")
+	fs.StringVar(&c.IpnsKey, "ipns-key", "", "then point the IPNS name of this kubo key (create it once with ipfs key gen NAME) at that directory and print the name (k51...) on a second line; implies --ipfs-dir")
 	fs.BoolVar(&c.Debug, "debug", false, "log debug messages")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -64,11 +76,14 @@ func parsePublishArgs(args []string, out io.Writer) (*publishConfig, error) {
 		return nil, usageError{err}
 	}
 	c.Paths = fs.Args()
+	if c.IpnsKey != "" {
+		c.IpfsDir = true
+	}
 	switch {
 	case c.To == "":
 		return nil, usageError{errors.New("publish needs --to DIR")}
-	case c.From == "" && len(c.Paths) == 0:
-		return nil, usageError{errors.New("publish needs STOREPATH arguments or --from CACHE")}
+	case c.From == "" && len(c.Paths) == 0 && !c.IpfsDir:
+		return nil, usageError{errors.New("publish needs STOREPATH arguments or --from CACHE (or --ipfs-dir alone, to add DIR as it is)")}
 	case c.From != "" && len(c.Paths) > 0:
 		return nil, usageError{errors.New("give either STOREPATH arguments or --from, not both")}
 	case c.Jobs < 1:
@@ -111,6 +126,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
 	}
+	if err := checkIpfsDir(ctx, c, api); err != nil {
+		return err
+	}
 	isTerm := false
 	if f, ok := stderr.(*os.File); ok {
 		isTerm = term.IsTerminal(int(f.Fd()))
@@ -127,8 +145,11 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if c.From != "" {
 		_, err = p.Cache(ctx, c.From)
-	} else {
+	} else if len(c.Paths) > 0 {
 		_, err = p.StorePaths(ctx, c.Paths, !c.NoClosure)
 	}
-	return err
+	if err != nil || !c.IpfsDir {
+		return err
+	}
+	return publishIpfsDir(ctx, c, api, stdout, stderr)
 }

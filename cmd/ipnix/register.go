@@ -78,7 +78,7 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig)
+	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, nil)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/integrity"
+	"github.com/ipnix/ipnix/ipfscache"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -42,6 +43,7 @@ Example:
 type serveConfig struct {
 	Listen        string
 	Substituters  []string
+	IpnsRefresh   time.Duration
 	TrustedKeys   []string
 	NoRequireSigs bool
 	RequireCidSig bool
@@ -55,7 +57,8 @@ func parseServeArgs(args []string, out io.Writer) (*serveConfig, error) {
 	c := &serveConfig{}
 	fs := newFlagSet("serve", serveSynopsis, out)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8480", "address to serve HTTP on; a non-loopback address is served with a warning")
-	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid, as for ipnix mount (repeatable; asked in order)")
+	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid, as for ipnix mount: file://, http(s)://, ipfs://CID or ipns://NAME (repeatable; asked in order)")
+	fs.DurationVar(&c.IpnsRefresh, "ipns-refresh", ipfscache.DefaultRefresh, ipnsRefreshHelp)
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse paths whose narinfo has no IpfsCidSig by a trusted key")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "serve unsigned narinfos (NOT recommended)")
@@ -87,6 +90,9 @@ func parseServeArgs(args []string, out io.Writer) (*serveConfig, error) {
 	case c.ReadTimeout <= 0 || c.Blocks.BlockTimeout <= 0:
 		return nil, usageError{errors.New("--read-timeout and --block-timeout must be positive")}
 	}
+	if err := checkIPFSSubstituters(c.Substituters, c.IpnsRefresh); err != nil {
+		return nil, usageError{err}
+	}
 	return c, nil
 }
 
@@ -96,8 +102,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig)
-	if err != nil {
+	if err := checkSubstituters(c.Substituters); err != nil {
 		return err
 	}
 	st, err := openBlocks(ctx, c.Blocks, log)
@@ -105,6 +110,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer st.Close()
+	ipfs, err := newIPFSCaches(st, c.Blocks.API, c.Blocks.BlockTimeout, c.IpnsRefresh, log)
+	if err != nil {
+		return err
+	}
+	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
+	if err != nil {
+		return err
+	}
+	ipfs.run(ctx)
 	warnUnanswered(ctx, res.Substituters, c.Blocks.Gateways, log)
 	if err := checkLoopback(c.Listen); err != nil {
 		log.Warn("serving on a non-loopback address: anyone who reaches it can fetch what the substituters hold", "listen", c.Listen)

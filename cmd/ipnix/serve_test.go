@@ -58,7 +58,7 @@ func FuzzServePaths(f *testing.F) {
 	if err := os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte("StoreDir: /nix/store\n"), 0o644); err != nil {
 		f.Fatal(err)
 	}
-	res, err := newResolver([]string{"file://" + dir}, nil, false, false)
+	res, err := newResolver([]string{"file://" + dir}, nil, false, false, nil)
 	if err != nil {
 		f.Fatal(err)
 	}

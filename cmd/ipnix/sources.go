@@ -100,13 +100,14 @@ func localKubo(addr string) bool {
 // verified, failover between them, failures that cost time remembered
 // briefly, then the disk and memory caches.
 type blockStack struct {
-	fetched fetch.Stats
-	mem     *cache.Memory
-	disk    *cache.Disk       // nil without --cache-dir, or when blocks are not kept on disk
-	batch   *fetch.Batch      // nil with --range-fetch off or no gateway
-	names   []string          // the sources, in the order asked
-	remote  []string          // the sources not on this machine
-	top     fetch.BlockGetter // mem
+	fetched  fetch.Stats
+	mem      *cache.Memory
+	disk     *cache.Disk       // nil without --cache-dir, or when blocks are not kept on disk
+	batch    *fetch.Batch      // nil with --range-fetch off or no gateway
+	names    []string          // the sources, in the order asked
+	gateways []string          // base URLs of the gateways asked for blocks, in order
+	remote   []string          // the sources not on this machine
+	top      fetch.BlockGetter // mem
 }
 
 // openBlocks builds the block stack of f. With --gateway and no --api the
@@ -142,6 +143,7 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		gws = append(gws, gw)
 		sources = append(sources, fetch.Verify(gw, &st.fetched))
 		st.names = append(st.names, gw.String())
+		st.gateways = append(st.gateways, strings.TrimRight(u, "/"))
 		if !loopbackURL(u) {
 			st.remote = append(st.remote, gw.String())
 		}

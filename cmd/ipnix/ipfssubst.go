@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/ipfscache"
+	"github.com/ipnix/ipnix/narindex"
+)
+
+const ipnsRefreshHelp = "how often an ipns:// substituter's name is resolved again, so that paths published after the start appear (at least 1s)"
+
+// ipfsCaches opens the ipfs:// and ipns:// substituters of a mount or a
+// server. They read through the command's own block stack (every block
+// checked against its CID, the same sources and caches as the NARs), and
+// resolve IPNS names through the gateways (signed records, verified) and
+// then kubo's RPC API.
+type ipfsCaches struct {
+	blocks    fetch.BlockGetter
+	resolvers []ipfscache.NameResolver
+	refresh   time.Duration
+	log       *slog.Logger
+	caches    []*ipfscache.Cache
+}
+
+// newIPFSCaches prepares ipfs:// and ipns:// substituters over st; api is
+// the --api flag.
+func newIPFSCaches(st *blockStack, api string, timeout, refresh time.Duration, log *slog.Logger) (*ipfsCaches, error) {
+	ic := &ipfsCaches{blocks: st.mem, refresh: refresh, log: log}
+	for _, gw := range st.gateways {
+		ic.resolvers = append(ic.resolvers, &ipfscache.GatewayResolver{Base: gw, Timeout: timeout})
+	}
+	client, url, err := fetch.NewKuboClient(api)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--api: %w", err)}
+	}
+	ic.resolvers = append(ic.resolvers, &ipfscache.KuboResolver{API: client, URL: url, Timeout: timeout})
+	return ic, nil
+}
+
+// open opens one ipfs:// or ipns:// substituter.
+func (ic *ipfsCaches) open(u string) (narindex.Substituter, error) {
+	ref, err := ipfscache.ParseURL(u)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ipfscache.Open(ref, ipfscache.Options{Blocks: ic.blocks, Resolvers: ic.resolvers, Refresh: ic.refresh, Log: ic.log})
+	if err != nil {
+		return nil, err
+	}
+	ic.caches = append(ic.caches, c)
+	return c.Substituter(), nil
+}
+
+// run re-resolves the IPNS names until ctx ends.
+func (ic *ipfsCaches) run(ctx context.Context) {
+	if ic == nil {
+		return
+	}
+	for _, c := range ic.caches {
+		go c.Run(ctx)
+	}
+}
+
+// checkIPFSSubstituters refuses malformed ipfs:// and ipns:// URLs while
+// the flags are checked, before any source is contacted.
+func checkIPFSSubstituters(urls []string, refresh time.Duration) error {
+	for _, u := range urls {
+		if !ipfscache.IsURL(u) {
+			continue
+		}
+		if _, err := ipfscache.ParseURL(u); err != nil {
+			return fmt.Errorf("--substituter: %w", err)
+		}
+	}
+	if refresh < ipfscache.MinRefresh {
+		return fmt.Errorf("--ipns-refresh %v: at least %v", refresh, ipfscache.MinRefresh)
+	}
+	return nil
+}
+
+// checkSubstituters checks the file:// and http(s):// substituters as
+// newResolver will, without contacting anything, so that a mistyped one
+// is a usage error before the block sources are opened (ipfs:// and
+// ipns:// ones need those, and are checked with the flags).
+func checkSubstituters(urls []string) error {
+	for _, u := range urls {
+		if ipfscache.IsURL(u) {
+			continue
+		}
+		if _, err := newResolver([]string{u}, nil, false, false, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
