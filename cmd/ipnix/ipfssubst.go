@@ -33,6 +33,10 @@ func newIPFSCaches(st *blockStack, api string, timeout, refresh time.Duration, l
 	for _, gw := range st.gateways {
 		ic.resolvers = append(ic.resolvers, &ipfscache.GatewayResolver{Base: gw, Timeout: timeout})
 	}
+	// As for blocks: with gateways and no --api, no kubo is asked.
+	if api == "" && len(st.gateways) > 0 {
+		return ic, nil
+	}
 	client, url, err := fetch.NewKuboClient(api)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--api: %w", err)}

@@ -110,8 +110,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig)
-	if err != nil {
+	if err := checkSubstituters(c.Substituters); err != nil {
 		return err
 	}
 	// Blocks always go to disk here, whatever --disk-blocks would decide
@@ -122,6 +121,16 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer st.Close()
+	// ipfs:// and ipns:// caches are read through the same blocks; a name
+	// is resolved once, as prefetch is short-lived.
+	ipfs, err := newIPFSCaches(st, c.API, c.BlockTimeout, time.Hour, log)
+	if err != nil {
+		return err
+	}
+	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
+	if err != nil {
+		return err
+	}
 	opts := prefetch.Options{Disk: st.disk, Resolver: res, Jobs: c.Jobs, Progress: stderr}
 	if st.batch != nil {
 		opts.Batch = st.batch.Fetch
