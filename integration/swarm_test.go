@@ -209,8 +209,17 @@ func TestSwarmMirror(t *testing.T) {
 	c := startSwarmNode(t, "C", key) // kubo's defaults: Provide.Strategy all
 	peerAll(t, a, b, c)
 	for _, n := range []*swarmNode{a, b, c} {
-		if log := n.ipfs(t, nil, "swarm", "peers"); strings.Count(log, "/p2p/") != 2 {
-			t.Fatalf("kubo %s has peers outside the swarm: %q", n.name, log)
+		// Two nodes dialling each other at once may keep two
+		// connections: peers are counted once each.
+		log := n.ipfs(t, nil, "swarm", "peers")
+		peers := map[string]bool{}
+		for _, l := range strings.Fields(log) {
+			if _, id, ok := strings.Cut(l, "/p2p/"); ok {
+				peers[id] = true
+			}
+		}
+		if len(peers) != 2 {
+			t.Fatalf("kubo %s has %d peers, want the other 2 of the swarm: %q", n.name, len(peers), log)
 		}
 	}
 	// What each announces on its own once started (kubo pins an empty
