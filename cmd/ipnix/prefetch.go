@@ -57,7 +57,7 @@ func parsePrefetchArgs(args []string, out io.Writer) (*prefetchConfig, error) {
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "cache directory to fill, the --cache-dir of the mount that will read it (required)")
 	c.CacheSize = defaultCacheSize
 	fs.Var(sizeValue{&c.CacheSize}, "cache-size", "bytes the cache directory may hold, as for the mount: half of it for blocks")
-	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir or http(s)://host/path (repeatable; asked in order)")
+	fs.StringArrayVar(&c.Substituters, "substituter", nil, "binary cache holding narinfos with IpfsCid: file:///dir, http(s)://host/path, ipfs://CID or ipns://NAME (a UnixFS directory, as publish --ipfs-dir adds; the name is resolved once) (repeatable; asked in order)")
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "accept narinfos that are unsigned or signed by an untrusted key (NOT recommended)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key")

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/mirror"
 	"github.com/ipnix/ipnix/narindex"
 	"github.com/ipnix/ipnix/publish"
 )
@@ -45,8 +46,10 @@ file:// URL; NARs compressed with xz, zstd, bzip2 or none), keeping its
 narinfo fields and signatures.
 
 Paths whose narinfo in DIR already has an IpfsCid are skipped. NARs are
-stored as CIDv1, raw leaves, 256 KiB chunks, balanced layout, pinned, so
-anyone can recompute a CID with "ipfs add --cid-version=1".
+stored as CIDv1, raw leaves, 256 KiB chunks, balanced layout of at most
+174 links a node, pinned, and the narinfo says so in IpfsEncoding: anyone
+holding the NAR can recompute the CID with "ipfs add --cid-version=1
+--raw-leaves --chunker=size-262144 --max-file-links=174" (--trickle off).
 
 With --ipfs-dir, DIR itself (nix-cache-info, narinfos and listings; not
 nar/, whose NARs are in IPFS already) is then added to IPFS as one UnixFS
@@ -128,6 +131,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if err := checkIpfsDir(ctx, c, api); err != nil {
 		return err
+	}
+	if every, err := (&mirror.Kubo{API: api}).AnnouncesEveryBlock(ctx); err == nil && every {
+		log.Info("the kubo node announces every block it stores (Provide.Strategy all, kubo's default): at binary-cache scale set Provide.Strategy roots, one provider record per NAR (see the README)", "api", url)
 	}
 	isTerm := false
 	if f, ok := stderr.(*os.File); ok {
