@@ -23,7 +23,9 @@ type Stats struct {
 	// way (a ranged fetch) and fetched it themselves.
 	ExpectTimeouts atomic.Int64
 	// EvictedUnread counts blocks that arrived by read-ahead or another
-	// batched fetch (Put) and left the cache before anything read them.
+	// batched fetch (Put) and left the cache before anything read them
+	// through it (bytes used straight from the arrival, such as pages
+	// pushed into the kernel's cache, are not seen here).
 	EvictedUnread atomic.Int64
 }
 

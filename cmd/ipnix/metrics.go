@@ -36,7 +36,7 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_memory_cache_hits_total", "Block requests answered from memory.", "counter", m.mem.Stats.Hits.Load())
 	line("ipnix_memory_cache_misses_total", "Block requests that went below the memory cache.", "counter", m.mem.Stats.Misses.Load())
 	line("ipnix_memory_cache_evictions_total", "Blocks evicted from memory.", "counter", m.mem.Stats.Evictions.Load())
-	line("ipnix_memory_cache_evicted_unread_total", "Blocks brought by read-ahead or a batched fetch and evicted from memory before any read.", "counter", m.mem.Stats.EvictedUnread.Load())
+	line("ipnix_memory_cache_evicted_unread_total", "Blocks brought by read-ahead or a batched fetch and evicted from memory before any read through the cache (a block whose small files were pushed into the page cache counts here too: it was used without a read).", "counter", m.mem.Stats.EvictedUnread.Load())
 	line("ipnix_memory_cache_bytes", "Bytes of blocks held in memory.", "gauge", m.mem.Bytes())
 	if d := m.disk; d != nil {
 		line("ipnix_disk_cache_hits_total", "Block requests answered from disk.", "counter", d.Stats.Hits.Load())
