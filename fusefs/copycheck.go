@@ -18,8 +18,10 @@ import (
 // hashed again against the manifest written beside it (see passthrough.go
 // for the layout), all of a directory in the background from the first
 // lookup of a path with its NarHash, and one copy at a time, on its first
-// open, when that open comes before the background pass is done. A copy is
-// never handed to the kernel unchecked; a mismatch drops the directory.
+// open, when that open comes before the background pass is done. A copy
+// being hashed by one of them is not hashed again by the other, which
+// waits for its result instead. A copy is never handed to the kernel
+// unchecked; a mismatch drops the directory.
 
 // check starts hashing, in the background, the copies of the NAR whose
 // hash is nh if they were found at start and not checked yet, and marks
@@ -38,7 +40,18 @@ func (fl *files) check(nh string) {
 	}
 	fl.state[nh] = checking
 	fl.wg.Go(func() {
-		err := checkCopies(fl.ctx, p)
+		err := checkCopies(fl.ctx, p, fl.stats, func(name string) (func(ok bool), bool, error) {
+			key := nh + "/" + name
+			if finish, hash := fl.beginHash(key); hash {
+				return finish, true, nil
+			}
+			fl.mu.Lock()
+			defer fl.mu.Unlock()
+			if !fl.checked[key] {
+				return nil, false, fmt.Errorf("copy %s did not match its manifest", name)
+			}
+			return nil, false, nil
+		})
 		fl.mu.Lock()
 		defer fl.mu.Unlock()
 		switch {
@@ -77,8 +90,19 @@ func (fl *files) checkOne(nh string, off int64, fd int) error {
 	if !pending || done {
 		return nil
 	}
+	finish, hash := fl.beginHash(key)
+	if !hash {
+		// The background pass hashed it meanwhile.
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		if !fl.checked[key] || !fl.lru.Contains(nh) {
+			return fmt.Errorf("local copy %s/%d did not match its manifest", nh, off)
+		}
+		return nil
+	}
 	p := filepath.Join(fl.dir, nh)
-	err := checkCopy(p, off, fd)
+	err := checkCopy(p, off, fd, fl.stats)
+	finish(err == nil)
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	if err == nil && !fl.lru.Contains(nh) {
@@ -90,12 +114,47 @@ func (fl *files) checkOne(nh string, off int64, fd int) error {
 		fl.stats.LocalCopiesDropped.Add(1)
 		return err
 	}
-	fl.checked[key] = true
 	return nil
 }
 
+// beginHash claims the hashing of the copy named key ("<dir>/<offset>"):
+// it waits while another goroutine hashes it, and reports hash false when
+// that one found it intact (or it was checked before). Otherwise the
+// caller hashes it and calls finish with the outcome, which records a
+// match in fl.checked.
+func (fl *files) beginHash(key string) (finish func(ok bool), hash bool) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	for {
+		if fl.checked[key] {
+			return nil, false
+		}
+		ch := fl.hashing[key]
+		if ch == nil {
+			break
+		}
+		fl.mu.Unlock()
+		<-ch
+		fl.mu.Lock()
+		if !fl.checked[key] {
+			return nil, false // it failed: the directory is dropped
+		}
+	}
+	ch := make(chan struct{})
+	fl.hashing[key] = ch
+	return func(ok bool) {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		if ok {
+			fl.checked[key] = true
+		}
+		delete(fl.hashing, key)
+		close(ch)
+	}, true
+}
+
 // checkCopy hashes the copy open as fd against the manifest line for off.
-func checkCopy(p string, off int64, fd int) error {
+func checkCopy(p string, off int64, fd int, stats *Stats) error {
 	want, err := readManifest(p)
 	if err != nil {
 		return err
@@ -111,6 +170,7 @@ func checkCopy(p string, off int64, fd int) error {
 		if n > 0 {
 			h.Write(buf[:n])
 			pos += int64(n)
+			stats.LocalCopyBytesHashed.Add(int64(n))
 		}
 		if err != nil {
 			return err
@@ -157,8 +217,10 @@ func readManifest(p string) (map[string]manifestEntry, error) {
 }
 
 // checkCopies hashes every copy in dir p against its manifest, and
-// refuses files the manifest does not name.
-func checkCopies(ctx context.Context, p string) error {
+// refuses files the manifest does not name. begin claims each copy before
+// it is hashed (see files.beginHash): one it need not hash is skipped,
+// one that failed elsewhere fails the directory.
+func checkCopies(ctx context.Context, p string, stats *Stats, begin func(name string) (finish func(ok bool), hash bool, err error)) error {
 	want, err := readManifest(p)
 	if err != nil {
 		return err
@@ -188,7 +250,15 @@ func checkCopies(ctx context.Context, p string) error {
 		if fi.Size() != m.size {
 			return fmt.Errorf("copy %s is %d bytes, manifest says %d", e.Name(), fi.Size(), m.size)
 		}
-		got, err := hashFile(filepath.Join(p, e.Name()))
+		finish, hash, err := begin(e.Name())
+		if err != nil {
+			return err
+		}
+		if !hash {
+			continue
+		}
+		got, err := hashFile(filepath.Join(p, e.Name()), stats)
+		finish(err == nil && got == m.sha)
 		if err != nil {
 			return err
 		}
@@ -199,14 +269,16 @@ func checkCopies(ctx context.Context, p string) error {
 	return nil
 }
 
-func hashFile(p string) (string, error) {
+func hashFile(p string, stats *Stats) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	n, err := io.Copy(h, f)
+	stats.LocalCopyBytesHashed.Add(n)
+	if err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

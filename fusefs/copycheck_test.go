@@ -1,10 +1,18 @@
 package fusefs
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/ipnix/ipnix/narindex"
 )
 
 // The manifest of local copies is read from disk: any content is refused
@@ -29,4 +37,57 @@ func FuzzReadManifest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// hashEvery has checkCopies hash every copy.
+func hashEvery(string) (func(bool), bool, error) { return func(bool) {}, true, nil }
+
+// A copy found at start that an open asks for while the background pass
+// hashes it is hashed once: the open waits for that pass's result, and a
+// copy that does not match is refused to both.
+func TestCopyCheckedOnce(t *testing.T) {
+	for _, intact := range []bool{true, false} {
+		dir := t.TempDir()
+		nh := narindex.EncodeNix32(make([]byte, 32))
+		p := filepath.Join(dir, nh)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte("ipnix"), (64<<20)/5)
+		sum := sha256.Sum256(data)
+		if !intact {
+			data[len(data)-1] ^= 1
+		}
+		if err := os.WriteFile(filepath.Join(p, "4096"), data, 0o400); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "manifest"), fmt.Appendf(nil, "4096 %d %x\n", len(data), sum), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		stats := &Stats{}
+		fl, err := openFiles(dir, 1<<30, slog.New(slog.DiscardHandler), stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := &narindex.ListingNode{Type: narindex.TypeRegular, NarOffset: 4096, Size: int64(len(data))}
+		fl.check(nh) // the background pass, from a lookup
+		fd, err := fl.open(nh, ln)
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+		fl.wg.Wait()
+		fl.close()
+		if intact && err != nil {
+			t.Fatalf("open of an intact copy: %v", err)
+		}
+		if !intact && err == nil {
+			t.Fatal("a copy that does not match its manifest was opened")
+		}
+		if got := stats.LocalCopyBytesHashed.Load(); got != int64(len(data)) {
+			t.Errorf("intact=%v: %d bytes hashed for a copy of %d", intact, got, len(data))
+		}
+		if _, err := os.Stat(p); intact == errors.Is(err, os.ErrNotExist) {
+			t.Errorf("intact=%v: directory kept=%v", intact, err == nil)
+		}
+	}
 }

@@ -87,7 +87,7 @@ func TestCopiesUsableOnVerification(t *testing.T) {
 			if got := filesDirEntries(t, filesDir); !slices.Equal(got, []string{nh}) {
 				t.Fatalf("copies directory holds %v, want only %s", got, nh)
 			}
-			if err := checkCopies(context.Background(), filepath.Join(filesDir, nh)); err != nil {
+			if err := checkCopies(context.Background(), filepath.Join(filesDir, nh), &Stats{}, hashEvery); err != nil {
 				t.Fatalf("the copies do not match their manifest: %v", err)
 			}
 			pagesDropped := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) == nil
@@ -236,7 +236,7 @@ func TestCopyStreamAttachedLate(t *testing.T) {
 				t.Fatalf("%d directories written from the stream, want %d", got, tc.streamed)
 			}
 			dir := filepath.Join(se.filesDir, sp.copiesKey)
-			if err := checkCopies(context.Background(), dir); err != nil {
+			if err := checkCopies(context.Background(), dir, &Stats{}, hashEvery); err != nil {
 				t.Fatal(err)
 			}
 			ln, _ := sp.listing.Lookup("a-big")
@@ -338,7 +338,7 @@ func TestCopyStreamAnyChunking(t *testing.T) {
 				t.Fatal("copies not written from the stream")
 			}
 			dir := filepath.Join(se.filesDir, sp.copiesKey)
-			if err := checkCopies(context.Background(), dir); err != nil {
+			if err := checkCopies(context.Background(), dir, &Stats{}, hashEvery); err != nil {
 				t.Fatal(err)
 			}
 			for _, name := range []string{"a", "c", "d"} {

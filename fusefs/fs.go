@@ -91,24 +91,25 @@ const (
 
 // Stats counts what the filesystem did; fields are updated atomically.
 type Stats struct {
-	Lookups             atomic.Int64 // store paths resolved and shown
-	LookupsRefused      atomic.Int64 // store-path lookups answered ENOENT or EIO
-	Verified            atomic.Int64 // store paths whose whole NAR matched NarHash
-	LocalCopies         atomic.Int64 // store paths whose larger files were copied for passthrough
-	Passthrough         atomic.Int64 // opens offered a local copy for passthrough
-	PassthroughFellBack atomic.Int64 // reads that reached us on a handle with a local copy
-	Quarantined         atomic.Int64 // store paths whose NAR did not
-	VerifiedWhole       atomic.Int64 // store paths verified whole before shown (no trusted IpfsCidSig)
-	LocalCopiesChecked  atomic.Int64 // directories of local copies from an earlier run found intact
-	LocalCopiesDropped  atomic.Int64 // directories of local copies dropped because a check failed
-	ListingsDropped     atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
-	Reads               atomic.Int64 // READ requests that reached the filesystem
-	ReadNanos           atomic.Int64 // time READ requests spent getting their bytes (fetch, wait, copy)
-	OffersDropped       atomic.Int64 // leaves from read-ahead not hashed or pushed on arrival (queue full)
-	PagePushes          atomic.Int64 // small files written into the kernel's page cache
-	PagePushBytes       atomic.Int64 // bytes of those files
-	PagePushDrops       atomic.Int64 // page pushes dropped because the queue was full
-	PagePushErrors      atomic.Int64 // page pushes the kernel refused (other than for unknown inodes)
+	Lookups              atomic.Int64 // store paths resolved and shown
+	LookupsRefused       atomic.Int64 // store-path lookups answered ENOENT or EIO
+	Verified             atomic.Int64 // store paths whose whole NAR matched NarHash
+	LocalCopies          atomic.Int64 // store paths whose larger files were copied for passthrough
+	Passthrough          atomic.Int64 // opens offered a local copy for passthrough
+	PassthroughFellBack  atomic.Int64 // reads that reached us on a handle with a local copy
+	Quarantined          atomic.Int64 // store paths whose NAR did not
+	VerifiedWhole        atomic.Int64 // store paths verified whole before shown (no trusted IpfsCidSig)
+	LocalCopiesChecked   atomic.Int64 // directories of local copies from an earlier run found intact
+	LocalCopiesDropped   atomic.Int64 // directories of local copies dropped because a check failed
+	LocalCopyBytesHashed atomic.Int64 // bytes of local copies found at start hashed again to check them
+	ListingsDropped      atomic.Int64 // listings of idle store paths dropped to stay under ListingMemory
+	Reads                atomic.Int64 // READ requests that reached the filesystem
+	ReadNanos            atomic.Int64 // time READ requests spent getting their bytes (fetch, wait, copy)
+	OffersDropped        atomic.Int64 // leaves from read-ahead not hashed or pushed on arrival (queue full)
+	PagePushes           atomic.Int64 // small files written into the kernel's page cache
+	PagePushBytes        atomic.Int64 // bytes of those files
+	PagePushDrops        atomic.Int64 // page pushes dropped because the queue was full
+	PagePushErrors       atomic.Int64 // page pushes the kernel refused (other than for unknown inodes)
 }
 
 // FS is the state of one mount: every node points to it.

@@ -75,8 +75,9 @@ type files struct {
 	used    int64
 	busy    map[string]bool // being written from blocks
 	streams map[string]*copyStream
-	state   map[string]copyState // absent: written by this process, or checked
-	checked map[string]bool      // "<dir>/<offset>": copies checked one by one
+	state   map[string]copyState     // absent: written by this process, or checked
+	checked map[string]bool          // "<dir>/<offset>": copies checked one by one
+	hashing map[string]chan struct{} // "<dir>/<offset>": being hashed; closed when done
 
 	// copiedBlocks, if set, is told the blocks copies now hold (see
 	// FS.SetCopiedBlocks).
@@ -108,7 +109,7 @@ func openFiles(dir string, quota int64, log *slog.Logger, stats *Stats) (*files,
 	lru, _ := simplelru.NewLRU[string, int64](math.MaxInt, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	fl := &files{dir: dir, quota: quota, log: log, stats: stats, ctx: ctx, cancel: cancel, lru: lru,
-		busy: map[string]bool{}, streams: map[string]*copyStream{}, state: map[string]copyState{}, checked: map[string]bool{}}
+		busy: map[string]bool{}, streams: map[string]*copyStream{}, state: map[string]copyState{}, checked: map[string]bool{}, hashing: map[string]chan struct{}{}}
 	type found struct {
 		name string
 		size int64

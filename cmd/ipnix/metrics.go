@@ -54,6 +54,7 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_store_paths_verified_total", "Store paths whose whole NAR matched NarHash.", "counter", m.fs.Stats.Verified.Load())
 	line("ipnix_local_copies_total", "Verified store paths whose larger files were copied into the cache directory for passthrough.", "counter", m.fs.Stats.LocalCopies.Load())
 	line("ipnix_local_copies_checked_total", "Directories of local copies from an earlier run hashed again and found intact.", "counter", m.fs.Stats.LocalCopiesChecked.Load())
+	line("ipnix_local_copy_bytes_hashed_total", "Bytes of local copies from an earlier run hashed again to check them (each copy once).", "counter", m.fs.Stats.LocalCopyBytesHashed.Load())
 	line("ipnix_local_copies_dropped_total", "Directories of local copies dropped because they did not match their manifest.", "counter", m.fs.Stats.LocalCopiesDropped.Load())
 	line("ipnix_store_paths_verified_whole_total", "Store paths without a trusted IpfsCidSig, fetched whole and checked before being shown.", "counter", m.fs.Stats.VerifiedWhole.Load())
 	line("ipnix_listings_dropped_total", "Listings of idle store paths dropped to stay under --listing-memory.", "counter", m.fs.Stats.ListingsDropped.Load())
