@@ -12,7 +12,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -142,5 +145,95 @@ func TestAttackPinnedCorruptBlockNotServed(t *testing.T) {
 	os.Chmod(p, 0o400)
 	if _, err := cache.ReadOnly(e.dir).GetBlock(context.Background(), leaf); err == nil {
 		t.Error("the store alone served a corrupt block")
+	}
+}
+
+// TestAttackTamperedRecord: a record file that does not parse (a path
+// outside the store, a CID of another codec written oddly, a huge line)
+// makes gc refuse, deleting nothing: gc must never take a damaged record
+// for an empty one. A CID of another codec that parses only keeps that
+// block.
+func TestAttackTamperedRecord(t *testing.T) {
+	e := newEnv(t)
+	d := e.open(t, 1<<30)
+	if _, err := e.run(t, d, false, e.top); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	good, err := os.ReadFile(filepath.Join(e.dir, RecordName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		u, err := cache.Scan(e.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u.Blocks
+	}
+	before := count()
+	cbor := cid.NewCidV1(cid.DagCBOR, cid.NewCidV1(cid.Raw, nil).Hash())
+	for what, rec := range map[string]string{
+		"path outside the store": string(good) + "path ../../etc/passwd-x " + cbor.String() + " 10\n",
+		"absolute path":          string(good) + "path /etc/passwd " + cbor.String() + " 10\n",
+		"huge line":              string(good) + "path " + string(bytes.Repeat([]byte("a"), 1<<20)) + "\n",
+		"NUL":                    string(good) + "path \x00 x 1\n",
+		"garbage":                "\x00\x01\x02",
+	} {
+		if err := os.WriteFile(filepath.Join(e.dir, RecordName), []byte(rec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := Collect(context.Background(), e.dir, 0, nil); err == nil {
+			t.Errorf("%s: gc ran on a damaged record", what)
+		}
+		if Recorded(e.dir) {
+			t.Errorf("%s: a damaged record counts as recorded closures", what)
+		}
+		if got := count(); got != before {
+			t.Fatalf("%s: gc removed %d blocks", what, before-got)
+		}
+	}
+}
+
+// TestAttackRecordNotAFile: a record that is a FIFO or a huge sparse file
+// must not hang or exhaust memory whoever reads it (a mount at start
+// asks Recorded).
+func TestAttackRecordNotAFile(t *testing.T) {
+	dir := cacheDir(t)
+	p := filepath.Join(dir, RecordName)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(8 << 30); err != nil { // 8 GiB, sparse
+		t.Skip("sparse file:", err)
+	}
+	f.Close()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	if _, err := LoadRecord(dir); err == nil {
+		t.Error("an 8 GiB record loaded")
+	}
+	runtime.ReadMemStats(&m1)
+	if got := m1.TotalAlloc - m0.TotalAlloc; got > 256<<20 {
+		t.Errorf("refusing an 8 GiB record allocated %d MiB", got>>20)
+	}
+	os.Remove(p)
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Skip("mkfifo:", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := LoadRecord(dir); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("a FIFO loaded as a record")
+		}
+	case <-time.After(20 * time.Second):
+		if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		<-done
+		t.Fatal("LoadRecord blocked on a FIFO")
 	}
 }
