@@ -74,6 +74,7 @@ func TestThinServeAndPrefetchNoKubo(t *testing.T) {
 	})
 	t.Run("serve", func(t *testing.T) {
 		var out, errb syncBuffer
+		before := ipnsAsked.Load()
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {
@@ -90,7 +91,6 @@ func TestThinServeAndPrefetchNoKubo(t *testing.T) {
 				t.Fatalf("serve did not start:\n%s", errb.String())
 			}
 		}
-		before := ipnsAsked.Load()
 		for _, p := range []string{"/nix-cache-info", "/" + root[:32] + ".narinfo", "/nar/" + root[:32] + ".nar"} {
 			resp, err := http.Get(base + p)
 			if err == nil {
