@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipnix/ipnix/fetch"
 )
@@ -37,7 +39,7 @@ func (d dirBlocks) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(blockPath(string(d), Key(c)))
+	data, _, err := readBlockFile(blockPath(string(d), Key(c)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s is not in %s", fetch.ErrBlockNotFound, c, string(d))
 	}
@@ -48,6 +50,33 @@ func (d dirBlocks) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error
 		return nil, fmt.Errorf("block file in %s: %w", string(d), err)
 	}
 	return blocks.NewBlockWithCid(data, c)
+}
+
+// readBlockFile reads the block file p, which must be a regular file (a
+// symlink is not followed) of at most fetch.MaxBlockSize bytes; it is
+// opened without blocking, so that a FIFO put in its place fails rather
+// than waits for a writer. Its bytes are the caller's to check.
+func readBlockFile(p string) ([]byte, fs.FileInfo, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("block file %s is not a regular file (%v)", p, fi.Mode().Type())
+	}
+	if fi.Size() > fetch.MaxBlockSize {
+		return nil, nil, fmt.Errorf("block file %s holds %d bytes, more than a block may (%d)", p, fi.Size(), fetch.MaxBlockSize)
+	}
+	data := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, nil, fmt.Errorf("reading block file %s: %w", p, err)
+	}
+	return data, fi, nil
 }
 
 // StatBlock reports whether the block c has a file in the store in dir,

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -319,7 +318,7 @@ func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
 		return nil, false
 	}
 	p := d.path(key)
-	data, err := os.ReadFile(p)
+	data, _, err := readBlockFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		d.forget(key)
 		return nil, false
@@ -341,17 +340,11 @@ func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
 // there and intact; a damaged one is deleted and counted.
 func (d *Disk) adopt(key string, c cid.Cid) ([]byte, bool) {
 	p := d.path(key)
-	f, err := os.Open(p)
-	if err != nil {
+	data, fi, err := readBlockFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() > fetch.MaxBlockSize {
-		return nil, false
-	}
-	data := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, data); err != nil || fetch.CheckBlock(c, data) != nil {
+	if err != nil || fetch.CheckBlock(c, data) != nil {
 		d.Stats.Corrupt.Add(1)
 		os.Remove(p)
 		return nil, false

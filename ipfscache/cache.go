@@ -37,8 +37,10 @@ type Options struct {
 	// Blocks fetches blocks, each checked against its CID (fetch.Verify
 	// below any cache): the mount's own block path.
 	Blocks fetch.BlockGetter
-	// Resolvers find what an IPNS name points to, asked in order until
-	// one answers. Needed for ipns://.
+	// Resolvers find what an IPNS name points to: for the first
+	// resolution asked in order until one answers, for each refresh all
+	// at once, the verified record of highest sequence winning. Needed
+	// for ipns://.
 	Resolvers []NameResolver
 	// Refresh is how often an IPNS name is resolved again; 0 means
 	// DefaultRefresh.
@@ -165,7 +167,7 @@ func (c *Cache) current(ctx context.Context) (cid.Cid, error) {
 		// interruption, but to its deadline.
 		rctx, cancel := fetch.Detach(ctx)
 		defer cancel()
-		_, err := c.Refresh(rctx)
+		_, err := c.refresh(rctx, true)
 		return nil, err
 	})
 	select {
@@ -184,14 +186,27 @@ func (c *Cache) current(ctx context.Context) (cid.Cid, error) {
 	return c.root, nil
 }
 
-// Refresh resolves the name now (resolvers in order, the first answer
-// wins) and reports whether the directory changed. For ipfs:// it does
-// nothing.
+// Refresh resolves the name now and reports whether the directory
+// changed: every resolver is asked at once and the best answer wins (see
+// resolve), so that one replaying an older signed record cannot hide a
+// newer one that another holds. For ipfs:// it does nothing.
 func (c *Cache) Refresh(ctx context.Context) (changed bool, err error) {
+	return c.refresh(ctx, false)
+}
+
+// refresh is Refresh; with first, the resolvers are asked in order and the
+// first answer wins (a lookup waits for the first resolution; the
+// refreshes after it look at every answer).
+func (c *Cache) refresh(ctx context.Context, first bool) (changed bool, err error) {
 	if !c.ref.IsName() {
 		return false, nil
 	}
-	res, err := c.resolve(ctx)
+	var res Resolution
+	if first {
+		res, err = c.resolveFirst(ctx)
+	} else {
+		res, err = c.resolveBest(ctx)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -224,8 +239,8 @@ func (c *Cache) Refresh(ctx context.Context) (changed bool, err error) {
 	return true, nil
 }
 
-// resolve asks the resolvers in order.
-func (c *Cache) resolve(ctx context.Context) (Resolution, error) {
+// resolveFirst asks the resolvers in order until one answers.
+func (c *Cache) resolveFirst(ctx context.Context) (Resolution, error) {
 	var errs []error
 	for _, r := range c.o.Resolvers {
 		res, err := r.ResolveName(ctx, c.ref.Name)
@@ -238,6 +253,43 @@ func (c *Cache) resolve(ctx context.Context) (Resolution, error) {
 		}
 	}
 	return Resolution{}, fmt.Errorf("%s: no resolver answered: %w", c.ref, errors.Join(errs...))
+}
+
+// resolveBest asks every resolver at once and returns the verified record
+// of the highest sequence (the earliest resolver's on a tie), or else the
+// first unverified answer in order (kubo's name/resolve).
+func (c *Cache) resolveBest(ctx context.Context) (Resolution, error) {
+	type answer struct {
+		res Resolution
+		err error
+	}
+	answers := make([]answer, len(c.o.Resolvers))
+	var wg sync.WaitGroup
+	for i, r := range c.o.Resolvers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := r.ResolveName(ctx, c.ref.Name)
+			answers[i] = answer{res, err}
+		}()
+	}
+	wg.Wait()
+	best := -1
+	var errs []error
+	for i, a := range answers {
+		switch {
+		case a.err != nil:
+			errs = append(errs, a.err)
+		case best < 0:
+			best = i
+		case a.res.Verified && (!answers[best].res.Verified || a.res.Seq > answers[best].res.Seq):
+			best = i
+		}
+	}
+	if best < 0 {
+		return Resolution{}, fmt.Errorf("%s: no resolver answered: %w", c.ref, errors.Join(errs...))
+	}
+	return answers[best].res, nil
 }
 
 // Run resolves an IPNS name every Refresh until ctx ends (and returns at

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"github.com/ipfs/boxo/path"
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/client/rpc"
+
+	"github.com/ipnix/ipnix/fetch"
 )
 
 // Resolution is what an IPNS name points to.
@@ -155,6 +158,69 @@ type KuboResolver struct {
 	API     *rpc.HttpApi
 	URL     string // for messages
 	Timeout time.Duration
+}
+
+// maxKuboAnswer bounds what is read of one answer of kubo's RPC API to a
+// resolution: a record (ipns.MaxRecordSize) in base64 inside JSON, or a
+// path, or an error message, all far smaller. The RPC client reads error
+// bodies whole and drains every body it closes, so the bound must be in
+// the transport.
+const maxKuboAnswer = 64 << 10
+
+// NewKuboResolver returns a KuboResolver for the kubo RPC API at addr (as
+// --api takes it: see fetch.KuboAPIURL) whose answers are cut at
+// maxKuboAnswer bytes: a node that answers without end costs a bounded
+// read, not memory until the timeout.
+func NewKuboResolver(addr string, timeout time.Duration) (*KuboResolver, error) {
+	u, sock, err := fetch.KuboAPIURL(addr)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 90 * time.Second}
+	if sock != "" {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}
+	}
+	api, err := rpc.NewURLApiWithClient(u, &http.Client{Transport: limitAnswers{tr}})
+	if err != nil {
+		return nil, err
+	}
+	if sock != "" {
+		u = "unix:" + sock
+	}
+	return &KuboResolver{API: api, URL: u, Timeout: timeout}, nil
+}
+
+// limitAnswers cuts every response body at maxKuboAnswer bytes.
+type limitAnswers struct{ rt http.RoundTripper }
+
+func (l limitAnswers) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.rt.RoundTrip(r)
+	if err == nil {
+		resp.Body = &cutBody{ReadCloser: resp.Body, left: maxKuboAnswer}
+	}
+	return resp, err
+}
+
+// cutBody fails a read past its limit (rather than ending quietly, which
+// could pass a truncated answer for a whole one).
+type cutBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("kubo answer longer than %d bytes", maxKuboAnswer)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 func (k *KuboResolver) String() string { return "kubo " + k.URL }

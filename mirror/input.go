@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"io/fs"
 	"iter"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -71,20 +73,31 @@ func LineEntries(r io.Reader, name string) iter.Seq[Entry] {
 
 // DirEntries lists the narinfos of a binary cache directory, sorted by
 // name. A file named *.narinfo whose name is no hash part is an entry that
-// fails when its narinfo is asked for.
+// fails when its narinfo is asked for. One that is not a regular file (a
+// FIFO, whose opening would wait for a writer for ever; a device; a
+// directory), or a symlink leading out of dir or to anything but a regular
+// file, is an entry with Err set, never opened: whoever can write to the
+// cache must not make the mirror hang or read (and quote in its log) a file
+// of the mirror's user elsewhere.
 func DirEntries(dir string) ([]Entry, error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var names []string
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, err
+	}
+	var entries []Entry
 	for {
-		batch, err := f.Readdirnames(4096)
-		for _, n := range batch {
-			if strings.HasSuffix(n, ".narinfo") {
-				names = append(names, n)
+		batch, err := f.ReadDir(4096)
+		for _, de := range batch {
+			n := de.Name()
+			if !strings.HasSuffix(n, ".narinfo") {
+				continue
 			}
+			entries = append(entries, Entry{Name: n, Hash: strings.TrimSuffix(n, ".narinfo"), Err: checkEntryFile(real, de)})
 		}
 		if err == io.EOF {
 			break
@@ -92,10 +105,33 @@ func DirEntries(dir string) ([]Entry, error) {
 			return nil, fmt.Errorf("listing %s: %w", dir, err)
 		}
 	}
-	sort.Strings(names)
-	entries := make([]Entry, len(names))
-	for i, n := range names {
-		entries[i] = Entry{Name: n, Hash: strings.TrimSuffix(n, ".narinfo")}
-	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
 	return entries, nil
+}
+
+// checkEntryFile says why de, in the directory whose real path is dir,
+// is not to be read as a narinfo, or nil.
+func checkEntryFile(dir string, de fs.DirEntry) error {
+	t := de.Type()
+	switch {
+	case t.IsRegular():
+		return nil
+	case t&fs.ModeSymlink == 0:
+		return fmt.Errorf("%s is not a regular file (%v)", de.Name(), t)
+	}
+	target, err := filepath.EvalSymlinks(filepath.Join(dir, de.Name()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", de.Name(), err)
+	}
+	if rel, err := filepath.Rel(dir, target); err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
+		return fmt.Errorf("%s is a symlink leading out of the cache directory", de.Name())
+	}
+	fi, err := os.Stat(target)
+	if err != nil {
+		return fmt.Errorf("%s: %w", de.Name(), err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is a symlink to something that is not a regular file (%v)", de.Name(), fi.Mode().Type())
+	}
+	return nil
 }

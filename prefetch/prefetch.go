@@ -80,7 +80,9 @@ func (e *NoRoomError) Error() string {
 // path base names) into o.Disk, each checked against its CID, and pins
 // them there; it records the closures in the store's directory (see
 // Record). Blocks the store holds already are not fetched again, so an
-// interrupted run is resumed by running it again. Paths without a trusted
+// interrupted run is resumed by running it again; they are read back and
+// checked against their CIDs, and one whose file holds wrong bytes is
+// fetched again. Paths without a trusted
 // IpfsCidSig are also checked against their NarHash, as a mount would
 // check them before showing them.
 //
@@ -404,6 +406,21 @@ func (r *run) fetchRun(ctx context.Context, n *nar, run []fetch.LeafRange) error
 // ensure gets block c into the store, fetching it when it is not there,
 // and pins it. n names the path for errors (nil: none).
 func (r *run) ensure(ctx context.Context, c cid.Cid, n *nar) error {
+	r.mu.Lock()
+	b := r.blocks[cache.Key(c)]
+	r.mu.Unlock()
+	if b != nil && b.held {
+		// Held before this run, pinned or not: read it back first (the
+		// store checks it against its CID and fetches again a file whose
+		// bytes are wrong), so that a closure reported complete reads
+		// with no source at all.
+		if _, err := r.GetBlock(ctx, c); err != nil {
+			if n != nil {
+				return fmt.Errorf("%s: block %s of NAR %s: %w", n.res.Path.Base(), c, n.root, err)
+			}
+			return fmt.Errorf("block %s: %w", c, err)
+		}
+	}
 	for range 3 {
 		err := r.disk.Pin(c)
 		if err == nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -209,14 +210,32 @@ func clip(s string) string {
 	return strconv.Quote(s)
 }
 
-// LoadRecord reads the record in dir; no file is an empty record.
+// LoadRecord reads the record in dir; no file is an empty record. Anything
+// but a regular file of at most maxRecordBytes is refused before it is
+// read (a FIFO would block the opening, a huge file fill memory).
 func LoadRecord(dir string) (*Record, error) {
-	data, err := os.ReadFile(filepath.Join(dir, RecordName))
+	name := filepath.Join(dir, RecordName)
+	f, err := os.OpenFile(name, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Record{}, nil
 	}
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%v)", name, fi.Mode().Type())
+	}
+	if fi.Size() > maxRecordBytes {
+		return nil, fmt.Errorf("%s: prefetch record of %d bytes, more than %d", name, fi.Size(), maxRecordBytes)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxRecordBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
 	}
 	r, err := ParseRecord(data)
 	if err != nil {

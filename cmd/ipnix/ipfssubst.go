@@ -37,11 +37,11 @@ func newIPFSCaches(st *blockStack, api string, timeout, refresh time.Duration, l
 	if api == "" && len(st.gateways) > 0 {
 		return ic, nil
 	}
-	client, url, err := fetch.NewKuboClient(api)
+	kr, err := ipfscache.NewKuboResolver(api, timeout)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--api: %w", err)}
 	}
-	ic.resolvers = append(ic.resolvers, &ipfscache.KuboResolver{API: client, URL: url, Timeout: timeout})
+	ic.resolvers = append(ic.resolvers, kr)
 	return ic, nil
 }
 
