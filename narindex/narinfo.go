@@ -111,10 +111,13 @@ func parseNarInfo(data []byte) (*NarInfo, error) {
 		key, value, ok := strings.Cut(string(raw), ":")
 		value, ok2 := strings.CutPrefix(value, " ")
 		if !ok || !ok2 {
-			return nil, fmt.Errorf("narinfo: line %d (%.40q) is not \"Key: value\"", i+1, raw)
+			// The line itself is not quoted: a narinfo that is no
+			// narinfo (a symlink to another file) must not show its
+			// content in a log.
+			return nil, fmt.Errorf("narinfo: line %d (%d bytes) is not \"Key: value\"", i+1, len(raw))
 		}
 		if key == "" || strings.ContainsAny(key, " \t\r") {
-			return nil, fmt.Errorf("narinfo: line %d has an invalid field name %.40q", i+1, key)
+			return nil, fmt.Errorf("narinfo: line %d has an invalid field name (%d bytes, with white space)", i+1, len(key))
 		}
 		if err := n.setField(key, value, seen); err != nil {
 			return nil, fmt.Errorf("narinfo: line %d: %w", i+1, err)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // fileFetcher reads a binary cache in a local directory.
@@ -18,7 +19,10 @@ func (f fileFetcher) fetch(ctx context.Context, name string, limit int64) ([]byt
 		return nil, err
 	}
 	path := filepath.Join(f.dir, name)
-	file, err := os.Open(path)
+	// Non-blocking, so that a FIFO put in place of a narinfo cannot hang
+	// the reader; only a regular file (symlinks followed, as Nix does) is
+	// read.
+	file, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", path, ErrNotFound)
 	}
@@ -26,6 +30,13 @@ func (f fileFetcher) fetch(ctx context.Context, name string, limit int64) ([]byt
 		return nil, err
 	}
 	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+	}
 	return readLimited(file, limit, path)
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -293,5 +294,45 @@ func TestHTTPSubstituter(t *testing.T) {
 		if got := c.count(path); got != want {
 			t.Errorf("%s: server saw %d requests, want %d", tc.hash, got, want)
 		}
+	}
+}
+
+// A file:// cache whose narinfo is a FIFO, or a symlink to some other
+// file (a signing key), neither hangs the reader nor shows that file's
+// content in the error.
+func TestFileSubstituterHostileEntries(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte("StoreDir: /nix/store\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifo := "0000000000000000000000000000000a"
+	if err := syscall.Mkfifo(filepath.Join(dir, fifo+".narinfo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "key.sec")
+	if err := os.WriteFile(secret, []byte("cache.example.org-1:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := "0000000000000000000000000000000b"
+	if err := os.Symlink(secret, filepath.Join(dir, link+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenSubstituter("file://"+dir, SubstituterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := s.NarInfo(context.Background(), fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("narinfo that is a FIFO: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reading a narinfo that is a FIFO hangs")
+	}
+	_, err = s.NarInfo(context.Background(), link)
+	if err == nil || strings.Contains(err.Error(), "cache.example.org") || strings.Contains(err.Error(), "c2Vj") {
+		t.Fatalf("narinfo that is a symlink to a key file: %v", err)
 	}
 }
