@@ -80,15 +80,18 @@ func (f *FS) storePath(ctx context.Context, base string) (*storePath, error) {
 	ch := f.lookups.DoChan(base, func() (any, error) {
 		sctx := context.WithoutCancel(ctx)
 		rctx, cancel := context.WithTimeout(sctx, f.cfg.ReadTimeout)
+		start := time.Now()
 		res, err := f.cfg.Resolver.Resolve(rctx, base)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
+		resolved := time.Now()
 		sp, err := f.load(sctx, base, res)
 		if err != nil {
 			return nil, err
 		}
+		f.log.Debug("store path loaded", "path", base, "resolve", resolved.Sub(start), "load", time.Since(resolved), "entries", len(sp.ordinals))
 		return f.register(base, sp), nil
 	})
 	select {
