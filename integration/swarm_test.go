@@ -24,6 +24,10 @@ import (
 // all: Routing.Type none, or Provide.Enabled false.)
 var publisherKuboConfig = [][]string{
 	{"config", "Provide.Strategy", "roots"},
+	// Bounds for a node many clients fetch from.
+	{"config", "--json", "Swarm.ConnMgr.LowWater", "600"},
+	{"config", "--json", "Swarm.ConnMgr.HighWater", "900"},
+	{"config", "Swarm.ResourceMgr.MaxMemory", "2GB"},
 }
 
 // swarmNode is a kubo daemon in a private swarm, stopped by the test's
