@@ -73,6 +73,9 @@ type walk struct {
 	// dirEnds maps each file to the end of its directory, built on the
 	// first walk (under mu).
 	dirEnds map[*narindex.ListingNode]int64
+	// runEnds maps each file to the end of its run (see runEnd), built on
+	// the first read-ahead across files (under mu).
+	runEnds map[*narindex.ListingNode]int64
 	limit   atomic.Int64 // where the walk stops: the end of a file, or of the NAR
 }
 
@@ -217,6 +220,52 @@ func (sp *storePath) dirEnd(ln *narindex.ListingNode) int64 {
 		sp.walk.dirEnds = ends
 	}
 	if e, ok := sp.walk.dirEnds[ln]; ok && e > 0 {
+		return e
+	}
+	return sp.nar.Size()
+}
+
+// runEnd returns where the run of files holding ln ends: its directory's
+// regular files that follow it in NAR order, up to the next subdirectory.
+// Read-ahead across files stops there. A compiler reads the files of one
+// package (go/build reads every file of the directory for its build
+// constraints), and what follows a run (testdata/, a subpackage) is
+// another package, read only if imported: reading ahead into it fetched 26
+// blocks nobody read in the compile job of the benchmark (B11). A walk
+// past the run (tar, cp -r) is the background walker's.
+func (sp *storePath) runEnd(ln *narindex.ListingNode) int64 {
+	w := &sp.walk
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.runEnds == nil {
+		ends := map[*narindex.ListingNode]int64{}
+		var walk func(n *narindex.ListingNode)
+		walk = func(n *narindex.ListingNode) {
+			var run []*narindex.ListingNode
+			flush := func() {
+				if len(run) > 0 {
+					last := run[len(run)-1]
+					for _, f := range run {
+						ends[f] = last.NarOffset + last.Size
+					}
+					run = run[:0]
+				}
+			}
+			for _, name := range sortedNames(n) {
+				switch c := n.Entries[name]; c.Type {
+				case narindex.TypeRegular:
+					run = append(run, c)
+				case narindex.TypeDirectory:
+					flush()
+					walk(c)
+				}
+			}
+			flush()
+		}
+		walk(sp.listing.Root)
+		w.runEnds = ends
+	}
+	if e, ok := w.runEnds[ln]; ok {
 		return e
 	}
 	return sp.nar.Size()

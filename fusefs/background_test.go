@@ -307,3 +307,53 @@ func TestBackgroundFetchStaysInDirectory(t *testing.T) {
 		return true
 	})
 }
+
+// Read-ahead across files (files read one after the other in NAR order)
+// stops at the end of the run of files the reader is in: a subdirectory
+// that follows (another package, to a compiler) is not fetched, while a
+// file of the same run is.
+func TestReadaheadAcrossFilesStopsAtSubdirectory(t *testing.T) {
+	for _, bigName := range []string{"a/sub/z-big", "a/z-big"} {
+		t.Run(bigName, func(t *testing.T) {
+			// No walker and no pushed pages: read-ahead across files
+			// alone, at most 1 MiB ahead.
+			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: -1, NoPushPages: true, Readahead: 1 << 20})
+			tree := fstest.MapFS{bigName: {Data: noise(4<<20, 3), Mode: 0o444}}
+			for i := range 12 {
+				tree[fmt.Sprintf("a/f%03d", i)] = &fstest.MapFile{Data: noise(300<<10, uint64(10+i)), Mode: 0o444}
+			}
+			nar, ls := makeNar(t, tree)
+			base := e.add(t, "run", nar, nar, ls)
+			l, _ := narindex.ParseListing(ls)
+			big, _ := l.Lookup(bigName)
+			// Leaves of the large file alone (past the one it shares
+			// with the last small file, which the reader reads).
+			bigLeaves := leavesOf(t, e, base, big.NarOffset+256<<10, big.NarOffset+big.Size)
+			root := filepath.Join(e.dir, base)
+			for i := range 12 {
+				name := fmt.Sprintf("a/f%03d", i)
+				got, err := os.ReadFile(filepath.Join(root, name))
+				if err != nil || !bytes.Equal(got, tree[name].Data) {
+					t.Fatalf("%s: %v", name, err)
+				}
+			}
+			held := func() int {
+				n := 0
+				for _, c := range bigLeaves {
+					if e.mem.Contains(c) {
+						n++
+					}
+				}
+				return n
+			}
+			if bigName == "a/z-big" {
+				waitFor(t, "the next file of the run fetched ahead", func() bool { return held() > 0 })
+				return
+			}
+			time.Sleep(300 * time.Millisecond) // read-ahead is asynchronous
+			if n := held(); n != 0 {
+				t.Fatalf("read-ahead across the files of a/ fetched %d of %d leaves of a/sub/", n, len(bigLeaves))
+			}
+		})
+	}
+}

@@ -381,7 +381,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 			// other: a compiler reads a few files of a directory, in NAR
 			// order too, and read-ahead past them is waste.
 			if narTo > narFrom && walked >= narWalkFiles {
-				sp.fs.prefetch.Prefetch(sp.nar, narFrom, narTo, sp.quarantined)
+				if narTo = min(narTo, sp.runEnd(f.ln)); narTo > narFrom {
+					sp.fs.prefetch.Prefetch(sp.nar, narFrom, narTo, sp.quarantined)
+				}
 			}
 		}
 	}
