@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/internal/atomicfile"
 )
 
 // The on-disk format, version 1:
@@ -128,7 +129,7 @@ func (d *Disk) open() error {
 	// For `ipnix cache stats` only: a failure to record it costs nothing.
 	q := filepath.Join(d.dir, quotaName)
 	if old, err := os.ReadFile(q); err != nil || strings.TrimSpace(string(old)) != strconv.FormatInt(d.max, 10) {
-		writeFileAtomic(q, []byte(strconv.FormatInt(d.max, 10)+"\n"))
+		atomicfile.Write(q, []byte(strconv.FormatInt(d.max, 10)+"\n"), 0o600)
 	}
 	// Evictions and removals are handled where they happen (trim, forget):
 	// an eviction must first look whether another process pinned the block.
@@ -152,27 +153,6 @@ func checkVersion(dir string, create bool) error {
 		return err
 	case strings.TrimSpace(string(v)) != diskVersion:
 		return fmt.Errorf("cache directory %s holds format %q, this ipnix uses %q: remove it or choose another", dir, strings.TrimSpace(string(v)), diskVersion)
-	}
-	return nil
-}
-
-// writeFileAtomic writes a small file by renaming a complete temporary one
-// into place.
-func writeFileAtomic(name string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-"+filepath.Base(name)+"-*")
-	if err != nil {
-		return err
-	}
-	_, werr := tmp.Write(data)
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
-		os.Remove(tmp.Name())
-		return err
 	}
 	return nil
 }

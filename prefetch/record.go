@@ -16,6 +16,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
 
+	"github.com/ipnix/ipnix/internal/atomicfile"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -269,26 +270,5 @@ func UpdateRecord(dir string, change func(*Record) error) error {
 	if err := change(r); err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(dir, RecordName), r.Marshal())
-}
-
-// writeAtomic writes a file by renaming a complete, synced temporary one
-// into place.
-func writeAtomic(name string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-"+filepath.Base(name)+"-*")
-	if err != nil {
-		return err
-	}
-	_, werr := tmp.Write(data)
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(dir, RecordName), r.Marshal(), 0o600)
 }

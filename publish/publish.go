@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ipnix/ipnix/internal/atomicfile"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -73,7 +74,7 @@ func (p *Publisher) writeCacheInfo() error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	return writeFileAtomic(path, []byte("StoreDir: "+narindex.StoreDir+"\nWantMassQuery: 1\nPriority: 40\n"))
+	return atomicfile.Write(path, []byte("StoreDir: "+narindex.StoreDir+"\nWantMassQuery: 1\nPriority: 40\n"), 0o644)
 }
 
 // published reports whether base's entry in the output is complete and
@@ -122,38 +123,14 @@ func (p *Publisher) finish(sp narindex.StorePath, ni *narindex.NarInfo, in *inge
 		// it would only make clients reject the path.
 		ni.IpfsCidSig = ""
 	}
-	if err := writeFileAtomic(filepath.Join(p.opts.To, sp.Hash+".ls"), in.listing); err != nil {
+	if err := atomicfile.Write(filepath.Join(p.opts.To, sp.Hash+".ls"), in.listing, 0o644); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(p.opts.To, sp.Hash+".narinfo"), ni.Marshal()); err != nil {
+	if err := atomicfile.Write(filepath.Join(p.opts.To, sp.Hash+".narinfo"), ni.Marshal(), 0o644); err != nil {
 		return err
 	}
 	p.log.Debug("published", "path", sp.String(), "cid", ni.IpfsCid, "narSize", ni.NarSize)
 	return nil
-}
-
-// writeFileAtomic writes data to path via a temporary file and rename.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // cacheDir turns a --from argument (a directory or a file:// URL) into a
