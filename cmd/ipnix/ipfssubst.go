@@ -101,3 +101,35 @@ func checkSubstituters(urls []string) error {
 	}
 	return nil
 }
+
+// trustFlags are the flags that say which narinfos are accepted, shared
+// by mount, serve and prefetch.
+type trustFlags struct {
+	Substituters  []string
+	TrustedKeys   []string
+	RequireSigs   bool
+	RequireCidSig bool
+	IpnsRefresh   time.Duration // how often ipns:// names are resolved again
+}
+
+// openSources opens where a command gets blocks and narinfos: the block
+// stack, and a resolver over the substituters, ipfs:// and ipns:// ones
+// read through those blocks. The caller closes the stack; run starts the
+// re-resolution of IPNS names until ctx ends.
+func openSources(ctx context.Context, bf blockFlags, tf trustFlags, log *slog.Logger) (st *blockStack, res *narindex.Resolver, run func(context.Context), err error) {
+	if err := checkSubstituters(tf.Substituters); err != nil {
+		return nil, nil, nil, err
+	}
+	if st, err = openBlocks(ctx, bf, log); err != nil {
+		return nil, nil, nil, err
+	}
+	ipfs, err := newIPFSCaches(st, bf.API, bf.BlockTimeout, tf.IpnsRefresh, log)
+	if err == nil {
+		res, err = newResolver(tf.Substituters, tf.TrustedKeys, tf.RequireSigs, tf.RequireCidSig, ipfs)
+	}
+	if err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	return st, res, ipfs.run, nil
+}

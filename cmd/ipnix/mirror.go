@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,7 +16,6 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/mirror"
 	"github.com/ipnix/ipnix/narindex"
 )
@@ -159,23 +159,12 @@ func runMirror(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		entries = mirror.LineEntries(stdin, "standard input")
 	}
 
-	api, url, err := fetch.NewKuboClient(c.API)
+	api, url, err := connectKubo(ctx, c.API)
 	if err != nil {
-		return usageError{fmt.Errorf("--api: %w", err)}
+		return err
 	}
-	kubo, _ := fetch.NewKubo(c.API, 0)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = kubo.Ping(pctx)
-	cancel()
-	if err != nil {
-		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
-	}
+	noteProvideStrategy(ctx, api, url, log, slog.LevelWarn)
 	node := &mirror.Kubo{API: api}
-	if every, err := node.AnnouncesEveryBlock(ctx); err != nil {
-		log.Debug("could not read the node's provide configuration", "err", err)
-	} else if every {
-		log.Warn("the kubo node announces every block it stores (Provide.Strategy all, kubo's default): one provider record per 256 KiB instead of one per NAR; a mirror should set Provide.Strategy roots (see the README)", "api", url)
-	}
 	s, err := mirror.Run(ctx, cache, entries, node, mirror.Options{
 		TrustedKeys:  keys,
 		Jobs:         c.Jobs,

@@ -348,24 +348,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
 
-	if err := checkSubstituters(c.Substituters); err != nil {
-		return err
-	}
-	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()}, log)
+	st, res, runIPNS, err := openSources(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()},
+		trustFlags{c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, c.IpnsRefresh}, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	ipfs, err := newIPFSCaches(st, c.API, c.BlockTimeout, c.IpnsRefresh, log)
-	if err != nil {
-		return err
-	}
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
-	if err != nil {
-		return err
-	}
-	ipfs.run(ctx)
+	runIPNS(ctx)
 	warnUnanswered(ctx, res.Substituters, c.Gateways, log)
 	fetched, mem, disk, names := &st.fetched, st.mem, st.disk, st.names
 	readahead := c.Readahead

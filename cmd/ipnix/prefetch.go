@@ -110,27 +110,16 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
-	if err := checkSubstituters(c.Substituters); err != nil {
-		return err
-	}
 	// Blocks always go to disk here, whatever --disk-blocks would decide
-	// for a mount: that is the point.
-	st, err := openBlocks(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: diskBlocksAlways, RangeFetch: "bytes"}, log)
+	// for a mount: that is the point. An ipns:// name is resolved once
+	// (its names are not re-resolved: prefetch is short-lived).
+	st, res, _, err := openSources(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: diskBlocksAlways, RangeFetch: "bytes"},
+		trustFlags{c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, time.Hour}, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	// ipfs:// and ipns:// caches are read through the same blocks; a name
-	// is resolved once, as prefetch is short-lived.
-	ipfs, err := newIPFSCaches(st, c.API, c.BlockTimeout, time.Hour, log)
-	if err != nil {
-		return err
-	}
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
-	if err != nil {
-		return err
-	}
 	opts := prefetch.Options{Disk: st.disk, Resolver: res, Jobs: c.Jobs, Progress: stderr}
 	if st.batch != nil {
 		opts.Batch = st.batch.Fetch

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/ipnix/ipnix/fetch"
-	"github.com/ipnix/ipnix/mirror"
 	"github.com/ipnix/ipnix/narindex"
 	"github.com/ipnix/ipnix/publish"
 )
@@ -118,23 +116,14 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		key = &k
 	}
-	api, url, err := fetch.NewKuboClient(c.API)
+	api, url, err := connectKubo(ctx, c.API)
 	if err != nil {
-		return usageError{fmt.Errorf("--api: %w", err)}
-	}
-	kubo, _ := fetch.NewKubo(c.API, 0)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = kubo.Ping(pctx)
-	cancel()
-	if err != nil {
-		return codedError{exitKubo, fmt.Errorf("kubo RPC API at %s does not answer (is the daemon running? see --api): %w", url, err)}
+		return err
 	}
 	if err := checkIpfsDir(ctx, c, api); err != nil {
 		return err
 	}
-	if every, err := (&mirror.Kubo{API: api}).AnnouncesEveryBlock(ctx); err == nil && every {
-		log.Info("the kubo node announces every block it stores (Provide.Strategy all, kubo's default): at binary-cache scale set Provide.Strategy roots, one provider record per NAR (see the README)", "api", url)
-	}
+	noteProvideStrategy(ctx, api, url, log, slog.LevelInfo)
 	isTerm := false
 	if f, ok := stderr.(*os.File); ok {
 		isTerm = term.IsTerminal(int(f.Fd()))

@@ -102,23 +102,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.Debug)
-	if err := checkSubstituters(c.Substituters); err != nil {
-		return err
-	}
-	st, err := openBlocks(ctx, c.Blocks, log)
+	st, res, runIPNS, err := openSources(ctx, c.Blocks,
+		trustFlags{c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, c.IpnsRefresh}, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	ipfs, err := newIPFSCaches(st, c.Blocks.API, c.Blocks.BlockTimeout, c.IpnsRefresh, log)
-	if err != nil {
-		return err
-	}
-	res, err := newResolver(c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, ipfs)
-	if err != nil {
-		return err
-	}
-	ipfs.run(ctx)
+	runIPNS(ctx)
 	warnUnanswered(ctx, res.Substituters, c.Blocks.Gateways, log)
 	if err := checkLoopback(c.Listen); err != nil {
 		log.Warn("serving on a non-loopback address: anyone who reaches it can fetch what the substituters hold", "listen", c.Listen)
