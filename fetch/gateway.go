@@ -32,7 +32,7 @@ func NewGateway(base string, timeout time.Duration) (*Gateway, error) {
 	if timeout <= 0 {
 		timeout = DefaultBlockTimeout
 	}
-	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, ReadBufferSize: httpBufferSize}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, ReadBufferSize: responseBufferSize}
 	return &Gateway{base: strings.TrimRight(base, "/"), client: &http.Client{Transport: tr}, timeout: timeout}, nil
 }
 
