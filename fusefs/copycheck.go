@@ -2,8 +2,6 @@ package fusefs
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -163,7 +161,7 @@ func checkCopy(p string, off int64, fd int, stats *Stats) error {
 	if !ok {
 		return fmt.Errorf("copy %d is not in the manifest", off)
 	}
-	h := sha256.New()
+	h := sum.kind.new()
 	buf := make([]byte, 1<<20)
 	for pos := int64(0); ; {
 		n, err := syscall.Pread(fd, buf, pos)
@@ -179,15 +177,16 @@ func checkCopy(p string, off int64, fd int, stats *Stats) error {
 			break
 		}
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum.sha {
-		return fmt.Errorf("copy %d has SHA-256 %s, manifest says %s", off, got, sum.sha)
+	if got := sum.kind.format(h); got != sum.sum {
+		return fmt.Errorf("copy %d has checksum %s, manifest says %s", off, got, sum.sum)
 	}
 	return nil
 }
 
 type manifestEntry struct {
 	size int64
-	sha  string
+	kind copySum
+	sum  string
 }
 
 // readManifest parses the manifest of the copies in directory p, by file
@@ -201,7 +200,11 @@ func readManifest(p string) (map[string]manifestEntry, error) {
 	for line := range strings.Lines(string(data)) {
 		f := strings.Fields(line)
 		bad := fmt.Errorf("manifest line %q", strings.TrimSpace(line))
-		if len(f) != 3 || len(f[2]) != 64 {
+		if len(f) != 3 {
+			return nil, bad
+		}
+		kind, ok := parseCopySum(f[2])
+		if !ok {
 			return nil, bad
 		}
 		size, err := strconv.ParseInt(f[1], 10, 64)
@@ -211,7 +214,7 @@ func readManifest(p string) (map[string]manifestEntry, error) {
 		if off, err := strconv.ParseInt(f[0], 10, 64); err != nil || off < 0 || strconv.FormatInt(off, 10) != f[0] {
 			return nil, bad
 		}
-		out[f[0]] = manifestEntry{size, f[2]}
+		out[f[0]] = manifestEntry{size, kind, f[2]}
 	}
 	return out, nil
 }
@@ -257,29 +260,30 @@ func checkCopies(ctx context.Context, p string, stats *Stats, begin func(name st
 		if !hash {
 			continue
 		}
-		got, err := hashFile(filepath.Join(p, e.Name()), stats)
-		finish(err == nil && got == m.sha)
+		got, err := hashFile(filepath.Join(p, e.Name()), m.kind, stats)
+		finish(err == nil && got == m.sum)
 		if err != nil {
 			return err
 		}
-		if got != m.sha {
-			return fmt.Errorf("copy %s has SHA-256 %s, manifest says %s", e.Name(), got, m.sha)
+		if got != m.sum {
+			return fmt.Errorf("copy %s has checksum %s, manifest says %s", e.Name(), got, m.sum)
 		}
 	}
 	return nil
 }
 
-func hashFile(p string, stats *Stats) (string, error) {
+// hashFile gives the checksum of kind kind of the file at p.
+func hashFile(p string, kind copySum, stats *Stats) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := kind.new()
 	n, err := io.Copy(h, f)
 	stats.LocalCopyBytesHashed.Add(n)
 	if err != nil {
 		return "", err
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return kind.format(h), nil
 }

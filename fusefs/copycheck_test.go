@@ -2,7 +2,6 @@ package fusefs
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,8 @@ func FuzzReadManifest(f *testing.F) {
 	f.Add("12 3 x\n")
 	f.Add("")
 	f.Add("-1 5 " + strings.Repeat("0", 64) + "\n")
+	f.Add("0 262144 crc32c:0123abcd\n1 2 crc32c:0123ABCD\n")
+	f.Add("7 1 crc32c:\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, "manifest"), []byte(s), 0o600); err != nil {
@@ -32,7 +33,8 @@ func FuzzReadManifest(f *testing.F) {
 			return
 		}
 		for name, e := range m {
-			if e.size < 0 || len(e.sha) != 64 || strings.ContainsAny(name, "/\x00") || name == "" {
+			kind, ok := parseCopySum(e.sum)
+			if e.size < 0 || !ok || kind != e.kind || strings.ContainsAny(name, "/\x00") || name == "" {
 				t.Fatalf("accepted entry %q %+v", name, e)
 			}
 		}
@@ -46,7 +48,11 @@ func hashEvery(string) (func(bool), bool, error) { return func(bool) {}, true, n
 // hashes it is hashed once: the open waits for that pass's result, and a
 // copy that does not match is refused to both.
 func TestCopyCheckedOnce(t *testing.T) {
-	for _, intact := range []bool{true, false} {
+	for _, c := range []struct {
+		kind   copySum
+		intact bool
+	}{{crc32cCopySum, true}, {crc32cCopySum, false}, {legacySHA256Sum, true}, {legacySHA256Sum, false}} {
+		intact := c.intact
 		dir := t.TempDir()
 		nh := narindex.EncodeNix32(make([]byte, 32))
 		p := filepath.Join(dir, nh)
@@ -54,14 +60,16 @@ func TestCopyCheckedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		data := bytes.Repeat([]byte("ipnix"), (64<<20)/5)
-		sum := sha256.Sum256(data)
+		h := c.kind.new()
+		h.Write(data)
+		sum := c.kind.format(h)
 		if !intact {
 			data[len(data)-1] ^= 1
 		}
 		if err := os.WriteFile(filepath.Join(p, "4096"), data, 0o400); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(p, "manifest"), fmt.Appendf(nil, "4096 %d %x\n", len(data), sum), 0o400); err != nil {
+		if err := os.WriteFile(filepath.Join(p, "manifest"), fmt.Appendf(nil, "4096 %d %s\n", len(data), sum), 0o400); err != nil {
 			t.Fatal(err)
 		}
 		stats := &Stats{}

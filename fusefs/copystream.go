@@ -3,8 +3,6 @@ package fusefs
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -24,7 +22,8 @@ import (
 // Local copies written as the NAR is verified. The checker of a store path
 // hashes every byte of its NAR once, in NAR order (integrity.Checker.Tee);
 // the bytes of its passthrough-sized files are written, as they pass, into
-// a temporary directory, each file hashed for the manifest on the way.
+// a temporary directory, each file checksummed for the manifest on the way
+// (copysum.go).
 // The moment the whole NAR has matched NarHash (and the listing served),
 // the manifest is written and the directory renamed into place: the read
 // that completed the verification returns with the copies usable, and
@@ -59,7 +58,7 @@ type copyStream struct {
 	have  int64    // bytes of todo[next] written
 	f     *os.File // the copy of todo[next], once its first byte came
 	h     hash.Hash
-	sums  []string // SHA-256 in hex of todo[:next]
+	sums  []string // manifest checksums of todo[:next]
 }
 
 type streamState int
@@ -80,7 +79,7 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 		return
 	}
 	slices.SortFunc(todo, func(a, b *narindex.ListingNode) int { return cmp.Compare(a.NarOffset, b.NarOffset) })
-	s := &copyStream{fl: fl, sp: sp, nh: sp.copiesKey, todo: todo, total: total, h: sha256.New()}
+	s := &copyStream{fl: fl, sp: sp, nh: sp.copiesKey, todo: todo, total: total, h: newCopySum()}
 	fl.mu.Lock()
 	if fl.lru.Contains(s.nh) || fl.busy[s.nh] || fl.ctx.Err() != nil {
 		fl.mu.Unlock()
@@ -194,7 +193,7 @@ func (s *copyStream) put(ln *narindex.ListingNode, b []byte) error {
 	}
 	err := s.f.Close()
 	s.f = nil
-	s.sums = append(s.sums, hex.EncodeToString(s.h.Sum(nil)))
+	s.sums = append(s.sums, crc32cCopySum.format(s.h))
 	s.next++
 	s.have = 0
 	return err

@@ -2,8 +2,6 @@ package fusefs
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -34,14 +32,14 @@ import (
 //
 // Layout, one directory per verified NAR, named by its NarHash:
 //
-//	FILES/<nix32 sha256 of the NAR>/manifest    "<narOffset> <size> <sha256 hex>" per copy
+//	FILES/<nix32 sha256 of the NAR>/manifest    "<narOffset> <size> crc32c:<hex>" per copy (copysum.go)
 //	FILES/<nix32 sha256 of the NAR>/<narOffset> the regular file at that offset
 //	FILES/.tmp-*                                 being written; removed at start
 //
 // A directory appears by one rename once every copy in it and the manifest
 // are written. Copies hold the bytes that were hashed to match the signed
 // NarHash, or blocks that matched their CIDs of a NAR that then matched
-// it; each is hashed for the manifest as it is written. Copies written by
+// it; each is checksummed for the manifest as it is written. Copies written by
 // this process are used at once; a directory found at start is used only
 // after every copy in it has been hashed again against its manifest (in
 // the background, on the first use of a path with that NarHash); until
@@ -332,15 +330,15 @@ func (fl *files) write(sp *storePath, nh string, todo []*narindex.ListingNode, t
 	return syncDir(fl.dir)
 }
 
-// copyFile writes regular file ln of sp to p and returns its SHA-256 in
-// hex.
+// copyFile writes regular file ln of sp to p and returns its manifest
+// checksum.
 func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf []byte) (string, error) {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := newCopySum()
 	for off := int64(0); off < ln.Size; {
 		n := min(int64(len(buf)), ln.Size-off)
 		m, err := sp.nar.ReadAt(fl.ctx, buf[:n], ln.NarOffset+off)
@@ -359,7 +357,7 @@ func (fl *files) copyFile(sp *storePath, ln *narindex.ListingNode, p string, buf
 	if err := f.Sync(); err != nil {
 		return "", err
 	}
-	return hex.EncodeToString(h.Sum(nil)), f.Close()
+	return crc32cCopySum.format(h), f.Close()
 }
 
 func writeSynced(p string, data []byte) error {
