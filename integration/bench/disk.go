@@ -105,56 +105,121 @@ func (b *bench) b8DiskWrites() error {
 }
 
 // B9: a verified file re-read in the same mount at once after its
-// verification, with the page cache dropped in between (the local copies
-// of --cache-dir may not be written yet), against a native cold read of a
-// copy of the file written just before, as ipnix's local copy was.
+// verification, with the page cache dropped in between, against a native
+// cold read of that same local copy, written by the same first read a
+// moment before, read directly rather than through the mount (in rounds
+// of its own: whichever reads a new file first pays for bringing it from
+// the disk). This VM's disk is cached by its host, and how much of a file
+// written moments before the host still caches varies from round to round
+// (the first read after a drop runs at 250-1,700 MiB/s, ipnix or not); a
+// native file written long before, or copied with cp, would not start
+// from the same state. A file streamed from kubo's gateway with cold
+// caches and read back, as a substituter would write it, is an extra
+// figure. Both sides were seen to issue the same requests to the disk
+// (83 reads of 3.1 MiB on average for the 256 MiB file).
 func (b *bench) b9Reread() error {
 	size := b.bigSize
 	r := b.newRow(row{ID: "B9", What: "re-read of the large file in the same mount, page cache dropped at once after its verifying cold read, --cache-dir",
-		Ipnix: figure{Unit: "MiB/s"}, Baseline: &figure{Label: "native cold, fresh copy", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput",
+		Ipnix: figure{Unit: "MiB/s"}, Baseline: &figure{Label: "native cold read of the same local copy, not through the mount", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput",
 		Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
-	return b.eachRound("B9", func(i int) error {
+	// verified mounts with a fresh cache dir, reads the large file cold
+	// through it and then calls reread with the mount and the file's local
+	// copy.
+	verified := func(i int, reread func(m *runenv.Mount, copyFile string) error) error {
+		args, done, err := b.cacheDir()
+		if err != nil {
+			return err
+		}
+		defer done()
+		m, err := b.mount(args...)
+		if err != nil {
+			return err
+		}
+		defer b.stopMount(m)
+		first, err := coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
+		if err != nil {
+			return err
+		}
+		r.extra("first (cold) read", "MiB/s", mbps(size, first))
+		if n, _ := m.Metric("ipnix_store_paths_verified_total"); n < 1 {
+			r.note(fmt.Sprintf("round %d: the path was not yet verified after the first read", i+1))
+		}
+		copies, _ := filepath.Glob(filepath.Join(args[1], "files", "*", "*"))
+		copyFile := ""
+		for _, c := range copies {
+			if fi, err := os.Stat(c); err == nil && fi.Size() == size {
+				copyFile = c
+			}
+		}
+		if copyFile == "" {
+			return fmt.Errorf("B9: no local copy of the large file in %s after its verifying read", args[1])
+		}
+		return reread(m, copyFile)
+	}
+	// Three times the rounds: one takes seconds, and a first read of a
+	// new file swings between 250 and 1,700 MiB/s on this VM.
+	return b.eachOfRounds("B9", 3*b.rounds, func(i int) error {
 		return alternate(i,
 			func() error {
-				m, stop, err := b.mountCacheDir()
-				if err != nil {
-					return err
-				}
-				defer stop()
-				file := filepath.Join(inMount(m, b.big), "big.bin")
-				first, err := coldCat(file)
-				if err != nil {
-					return err
-				}
-				verified, _ := m.Metric("ipnix_store_paths_verified_total")
-				pt, _ := m.Metric("ipnix_passthrough_opens_total")
-				fetched, _ := m.Metric("ipnix_fetch_bytes_total")
-				d, err := coldCat(file)
-				if err != nil {
-					return err
-				}
-				pt2, _ := m.Metric("ipnix_passthrough_opens_total")
-				fetched2, _ := m.Metric("ipnix_fetch_bytes_total")
-				r.ipnix(mbps(size, d))
-				r.extra("first (cold) read", "MiB/s", mbps(size, first))
-				r.extra("passthrough opens on the re-read", "n", float64(pt2-pt))
-				r.extra("fetched again", "B", float64(fetched2-fetched))
-				if verified < 1 {
-					r.note(fmt.Sprintf("round %d: the path was not yet verified after the first read", i+1))
-				}
-				return nil
+				return verified(i, func(m *runenv.Mount, _ string) error {
+					pt, _ := m.Metric("ipnix_passthrough_opens_total")
+					fetched, _ := m.Metric("ipnix_fetch_bytes_total")
+					d, err := coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
+					if err != nil {
+						return err
+					}
+					pt2, _ := m.Metric("ipnix_passthrough_opens_total")
+					fetched2, _ := m.Metric("ipnix_fetch_bytes_total")
+					r.ipnix(mbps(size, d))
+					r.extra("passthrough opens on the re-read", "n", float64(pt2-pt))
+					r.extra("fetched again", "B", float64(fetched2-fetched))
+					return nil
+				})
 			},
 			func() error {
-				d, err := b.coldCatFreshCopy()
-				r.base(mbps(size, d))
+				return verified(i, func(_ *runenv.Mount, copyFile string) error {
+					d, err := coldCat(copyFile)
+					r.base(mbps(size, d))
+					return err
+				})
+			},
+			func() error {
+				n, d, err := b.coldCatStreamedCopy()
+				r.extra("native cold, NAR streamed from kubo's gateway just before", "MiB/s", mbps(n, d))
 				return err
 			})
 	})
 }
 
+// coldCatStreamedCopy writes the large file's NAR as kubo's gateway
+// streams it, caches dropped first, as ipnix's first read of it does, and
+// times a cold read of that file; it gives the file's size too.
+func (b *bench) coldCatStreamedCopy() (int64, time.Duration, error) {
+	cid, _, err := b.narCid(b.big)
+	if err != nil {
+		return 0, 0, err
+	}
+	fresh := filepath.Join(b.work, "native-streamed.nar")
+	defer os.Remove(fresh)
+	f, err := os.Create(fresh)
+	if err != nil {
+		return 0, 0, err
+	}
+	dropCaches()
+	n, err := gatewayFetch(nil, b.kubo.Gateway, cid, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	d, err := coldCat(fresh)
+	return n, d, err
+}
+
 // coldCatFreshCopy times a cold read of a copy of the large file written
 // just before, beside the cache dirs. The local copy ipnix reads in B2
-// and B9 was written moments ago too: reading the long-lived original
+// was written moments ago too: reading the long-lived original
 // instead would let the host's cache of it (this is a virtual machine)
 // make the native side faster than any fresh file on the same disk.
 func (b *bench) coldCatFreshCopy() (time.Duration, error) {
