@@ -33,6 +33,7 @@ type PrefetchStats struct {
 	Batches atomic.Int64 // ranges fetched in one request
 	Dropped atomic.Int64 // jobs dropped because the queue was full
 	Errors  atomic.Int64 // read-ahead fetches that failed (the reader will retry)
+	Again   atomic.Int64 // blocks a batched fetch brought that were held already
 }
 
 type prefetchJob struct {
@@ -343,7 +344,9 @@ func (p *Prefetcher) arrived(f *File, leaves []LeafRange, blk blocks.Block, deli
 	if d := deliver[k]; d != nil {
 		d(blk)
 		delete(deliver, k)
-	} else if (b.Held == nil || !b.Held(blk.Cid())) && b.Put != nil {
+	} else if b.Held != nil && b.Held(blk.Cid()) {
+		p.Stats.Again.Add(1)
+	} else if b.Put != nil {
 		b.Put(blk)
 	}
 	p.Stats.Blocks.Add(1)

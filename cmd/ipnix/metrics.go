@@ -47,6 +47,7 @@ func (m *metrics) write(w http.ResponseWriter) {
 	}
 	if ps := m.fs.PrefetchStats(); ps != nil {
 		line("ipnix_readahead_blocks_total", "Blocks fetched ahead of sequential readers.", "counter", ps.Blocks.Load())
+		line("ipnix_readahead_blocks_held_total", "Blocks a ranged or streamed fetch brought that were in the memory cache already (fetched twice).", "counter", ps.Again.Load())
 		line("ipnix_readahead_dropped_total", "Read-ahead requests dropped because the queue was full.", "counter", ps.Dropped.Load())
 	}
 	line("ipnix_store_paths_shown_total", "Store-path lookups answered with a path.", "counter", m.fs.Stats.Lookups.Load())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/ipnix/ipnix/integration/runenv"
+	"github.com/ipnix/ipnix/narindex"
 )
 
 // coldCat drops the caches and times reading file to the end.
@@ -162,15 +164,22 @@ func (b *bench) b2Warm() error {
 }
 
 // fullSubstitution fetches a whole NAR from a kubo gateway (over client,
-// nil for the default) and unpacks it with nix-store --restore, as a
-// substituter would, from a cold page cache. It gives the time and the
-// bytes nix-store wrote to storage. Nix does not sync restored files, so
-// neither does this.
+// nil for the default), hashes it and unpacks it with nix-store --restore,
+// as a substituter would, from a cold page cache, and checks the hash
+// against NarHash at the end, as Nix does before it registers a path (and
+// as ipnix does before it calls a path verified). It gives the time and
+// the bytes nix-store wrote to storage. Nix does not sync restored files,
+// so neither does this.
 func (b *bench) fullSubstitution(client *http.Client, gateway, storePath string) (time.Duration, int64, error) {
 	cid, _, err := b.narCid(storePath)
 	if err != nil {
 		return 0, 0, err
 	}
+	f, err := b.narinfoFields(storePath)
+	if err != nil {
+		return 0, 0, err
+	}
+	narHash := f["NarHash"]
 	dst := filepath.Join(b.work, "restored-"+fmt.Sprint(time.Now().UnixNano()))
 	defer os.RemoveAll(dst)
 	dropCaches()
@@ -185,12 +194,17 @@ func (b *bench) fullSubstitution(client *http.Client, gateway, storePath string)
 	if err := cmd.Start(); err != nil {
 		return 0, 0, err
 	}
-	_, ferr := gatewayFetch(client, gateway, cid, w)
+	h := sha256.New()
+	_, ferr := gatewayFetch(client, gateway, cid, io.MultiWriter(w, h))
 	w.Close()
 	werr := cmd.Wait()
+	got := "sha256:" + narindex.EncodeNix32(h.Sum(nil))
 	d := time.Since(start)
 	if ferr != nil {
 		return 0, 0, ferr
+	}
+	if got != narHash {
+		return 0, 0, fmt.Errorf("substituting %s: NAR hash %s, narinfo says %q", storePath, got, narHash)
 	}
 	if werr != nil {
 		return 0, 0, fmt.Errorf("nix-store --restore: %v\n%s", werr, stderr.String())

@@ -458,26 +458,33 @@ func (b *bench) narFile(storePath string) (string, error) {
 // narInfo reads IpfsCid, NarSize and URL from storePath's narinfo in the
 // benchmark's binary cache.
 func (b *bench) narInfo(storePath string) (cid string, size int64, url string, err error) {
-	hash := strings.SplitN(filepath.Base(storePath), "-", 2)[0]
-	data, err := os.ReadFile(filepath.Join(b.cache, hash+".narinfo"))
+	f, err := b.narinfoFields(storePath)
 	if err != nil {
 		return "", 0, "", err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "IpfsCid: "); ok {
-			cid = v
-		}
-		if v, ok := strings.CutPrefix(line, "NarSize: "); ok {
-			fmt.Sscan(v, &size)
-		}
-		if v, ok := strings.CutPrefix(line, "URL: "); ok {
-			url = v
-		}
-	}
+	fmt.Sscan(f["NarSize"], &size)
+	cid, url = f["IpfsCid"], f["URL"]
 	if cid == "" || size == 0 || url == "" || strings.Contains(url, "..") {
-		return "", 0, "", fmt.Errorf("%s.narinfo: no IpfsCid, NarSize or URL (or a URL leaving the cache)", hash)
+		return "", 0, "", fmt.Errorf("%s: no IpfsCid, NarSize or URL (or a URL leaving the cache)", filepath.Base(storePath))
 	}
 	return cid, size, url, nil
+}
+
+// narinfoFields reads the fields of storePath's narinfo in the benchmark's
+// binary cache.
+func (b *bench) narinfoFields(storePath string) (map[string]string, error) {
+	hash := strings.SplitN(filepath.Base(storePath), "-", 2)[0]
+	data, err := os.ReadFile(filepath.Join(b.cache, hash+".narinfo"))
+	if err != nil {
+		return nil, err
+	}
+	f := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			f[k] = v
+		}
+	}
+	return f, nil
 }
 
 // gatewayFetch streams /ipfs/<cid> from gateway into w, over client (nil:
