@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,25 @@ func TestPublishFromNixCache(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(to, "nix-cache-info")); err != nil {
 				t.Fatal(err)
+			}
+			// Each NAR file is the source's, byte for byte (copied as it
+			// was read when compressed, as a sink of the upload when not).
+			for _, e := range entries {
+				data, err := os.ReadFile(e)
+				must(t, err)
+				url := ""
+				for line := range strings.Lines(string(data)) {
+					if v, ok := strings.CutPrefix(strings.TrimSpace(line), "URL: "); ok {
+						url = v
+					}
+				}
+				want, err := os.ReadFile(filepath.Join(from, url))
+				must(t, err)
+				got, err := os.ReadFile(filepath.Join(to, url))
+				must(t, err)
+				if url == "" || !bytes.Equal(got, want) {
+					t.Errorf("%s: NAR file %q differs from the source's (%d bytes, want %d)", filepath.Base(e), url, len(got), len(want))
+				}
 			}
 		})
 	}

@@ -101,15 +101,24 @@ func (p *Publisher) cacheEntry(ctx context.Context, dir string, same bool, sp na
 		defer tmp.Close()
 		copyTo = tmp
 	}
+	// An uncompressed NAR is copied as one more sink of the ingest, on its
+	// own beside the upload and the hash, bypassing the page cache where
+	// it can (as a NAR dumped from the store is); a compressed one is
+	// copied as it is read, before it is decompressed.
 	var raw io.Reader = f
-	if copyTo != nil {
+	var extra io.Writer
+	switch {
+	case copyTo == nil:
+	case ni.Compression == "none":
+		extra = newNarFile(tmp)
+	default:
 		raw = io.TeeReader(f, copyTo)
 	}
 	nar, closeNar, err := decompress(ni.Compression, raw)
 	if err != nil {
 		return fmt.Errorf("%s: %w", sp, err)
 	}
-	in, err := ingest(ctx, p.add, nar, nil, p.opts.MaxEntries)
+	in, err := ingest(ctx, p.add, nar, extra, p.opts.MaxEntries)
 	closeNar()
 	if err != nil {
 		return fmt.Errorf("%s: %w", sp, err)
