@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,9 +14,9 @@ import (
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
-	"golang.org/x/sys/unix"
 
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/internal/blockfile"
 )
 
 // Working on a store directory without opening a store: reading blocks
@@ -52,31 +51,9 @@ func (d dirBlocks) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error
 	return blocks.NewBlockWithCid(data, c)
 }
 
-// readBlockFile reads the block file p, which must be a regular file (a
-// symlink is not followed) of at most fetch.MaxBlockSize bytes; it is
-// opened without blocking, so that a FIFO put in its place fails rather
-// than waits for a writer. Its bytes are the caller's to check.
+// readBlockFile reads the block file p (see blockfile.Read).
 func readBlockFile(p string) ([]byte, fs.FileInfo, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("block file %s is not a regular file (%v)", p, fi.Mode().Type())
-	}
-	if fi.Size() > fetch.MaxBlockSize {
-		return nil, nil, fmt.Errorf("block file %s holds %d bytes, more than a block may (%d)", p, fi.Size(), fetch.MaxBlockSize)
-	}
-	data := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, nil, fmt.Errorf("reading block file %s: %w", p, err)
-	}
-	return data, fi, nil
+	return blockfile.Read(p, fetch.MaxBlockSize)
 }
 
 // StatBlock reports whether the block c has a file in the store in dir,

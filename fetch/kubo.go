@@ -22,6 +22,18 @@ import (
 // DefaultKuboAPI is where kubo's CLI looks when $IPFS_PATH/api does not exist.
 const DefaultKuboAPI = "/ip4/127.0.0.1/tcp/5001"
 
+// KuboRepoPath is the kubo repository the ipfs command uses: $IPFS_PATH,
+// else ~/.ipfs ("" when there is no home directory either).
+func KuboRepoPath() string {
+	if root := os.Getenv("IPFS_PATH"); root != "" {
+		return root
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".ipfs")
+	}
+	return ""
+}
+
 // KuboAPIURL turns what a user may pass as --api into the base URL of a kubo
 // RPC endpoint: a multiaddr (/ip4/127.0.0.1/tcp/5001, /dns/host/tcp/5001,
 // /unix/path), an http(s):// URL, or "" for kubo's own default: the multiaddr
@@ -29,13 +41,7 @@ const DefaultKuboAPI = "/ip4/127.0.0.1/tcp/5001"
 func KuboAPIURL(addr string) (url string, unixSocket string, err error) {
 	if addr == "" {
 		addr = DefaultKuboAPI
-		root := os.Getenv("IPFS_PATH")
-		if root == "" {
-			if home, err := os.UserHomeDir(); err == nil {
-				root = filepath.Join(home, ".ipfs")
-			}
-		}
-		if root != "" {
+		if root := KuboRepoPath(); root != "" {
 			if b, err := os.ReadFile(filepath.Join(root, "api")); err == nil {
 				addr = strings.TrimSpace(string(b))
 			}

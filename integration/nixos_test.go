@@ -155,6 +155,7 @@ func TestNixOSModuleEval(t *testing.T) {
 			"--cache-dir", "/var/cache/ipnix",
 			"--cache-size", "20GiB",
 			"--require-cid-sig",
+			"--kubo-repo", "/var/lib/ipfs", // its blockstore, read directly
 			"--closure", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello-2.12.1",
 			"--closure", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-data",
 			"--overlay", "/nix/store",

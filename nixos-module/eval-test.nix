@@ -72,6 +72,10 @@ let
         type = types.str;
         default = "ipfs";
       };
+      services.kubo.dataDir = mkOption {
+        type = types.str;
+        default = "/var/lib/ipfs";
+      };
     };
   };
 

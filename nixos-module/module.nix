@@ -24,6 +24,9 @@ let
   # services.kubo.group); a TCP API address exists only if configured.
   kuboLocal = (config.services.kubo.enable or false) && cfg.api == null;
   kuboApi = "/unix/run/ipfs.sock";
+  # Its repository: the mount (root) reads blocks straight from its flatfs
+  # blockstore rather than through the API (ipnix mount --kubo-repo).
+  kuboRepo = config.services.kubo.dataDir or "/var/lib/ipfs";
   api = if kuboLocal then kuboApi else cfg.api;
 
   # One argument of a systemd command line: JSON string syntax (systemd
@@ -60,6 +63,7 @@ let
   mountArgs =
     [ "${cfg.package}/bin/ipnix" "mount" ]
     ++ sourceArgs cfg.cacheDir
+    ++ optionals kuboLocal [ "--kubo-repo" kuboRepo ]
     ++ repeated "--closure" closurePaths
     ++ optionals cfg.overlay [ "--overlay" "/nix/store" ]
     # The service runs as root; every user (and nix-daemon's builders) may

@@ -19,7 +19,8 @@ import (
 type metrics struct {
 	fetched *fetch.Stats
 	mem     *cache.Memory
-	disk    *cache.Disk // nil without --cache-dir
+	disk    *cache.Disk       // nil without --cache-dir
+	local   *fetch.Blockstore // nil unless a kubo blockstore is read directly
 	fs      *fusefs.FS
 }
 
@@ -44,6 +45,10 @@ func (m *metrics) write(w http.ResponseWriter) {
 		line("ipnix_disk_cache_evictions_total", "Blocks evicted from disk.", "counter", d.Stats.Evictions.Load())
 		line("ipnix_disk_cache_corrupt_total", "Block files found torn or corrupted and fetched again.", "counter", d.Stats.Corrupt.Load())
 		line("ipnix_disk_cache_bytes", "Bytes of blocks on disk.", "gauge", d.Bytes())
+	}
+	if l := m.local; l != nil {
+		line("ipnix_kubo_blockstore_reads_total", "Blocks read straight from the local kubo's blockstore files (--kubo-repo), before being checked like any source's.", "counter", l.Read.Load())
+		line("ipnix_kubo_blockstore_missing_total", "Blocks asked of the local kubo's blockstore that it did not hold (then asked of the other sources).", "counter", l.Missing.Load())
 	}
 	if ps := m.fs.PrefetchStats(); ps != nil {
 		line("ipnix_readahead_blocks_total", "Blocks fetched ahead of sequential readers.", "counter", ps.Blocks.Load())

@@ -48,6 +48,7 @@ type mountConfig struct {
 	IpnsRefresh        time.Duration
 	TrustedKeys        []string
 	API                string
+	KuboRepo           string
 	Gateways           []string
 	MemoryCache        int64
 	CacheDir           string
@@ -102,6 +103,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	fs.DurationVar(&c.IpnsRefresh, "ipns-refresh", ipfscache.DefaultRefresh, ipnsRefreshHelp)
 	fs.StringArrayVar(&c.TrustedKeys, "trusted-public-key", nil, "public key narinfos must be signed with, as name:base64 (repeatable)")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr (/ip4/127.0.0.1/tcp/5001) or http:// URL (default, unless only --gateway is given: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.StringVar(&c.KuboRepo, "kubo-repo", "", kuboRepoHelp)
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from, e.g. https://gw.example.org (repeatable, tried in order). With no --api the gateways are the only block sources and no kubo is needed; with --api they are asked before it (default: the local kubo's gateway when it listens on loopback)")
 	c.MemoryCache = defaultMemoryCache
 	fs.Var(sizeValue{&c.MemoryCache}, "memory-cache", "bytes of blocks kept in memory, e.g. 256MiB")
@@ -349,7 +351,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	st, res, runIPNS, err := openSources(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch()},
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch(), KuboRepo: c.KuboRepo},
 		trustFlags{c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, c.IpnsRefresh}, log)
 	if err != nil {
 		return err
@@ -403,7 +405,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageError{fmt.Errorf("--metrics %q: %w", c.Metrics, err)}
 		}
-		stopMetrics := serveMetrics(ln, &metrics{fetched: fetched, mem: mem, disk: disk, fs: fsys}, log)
+		stopMetrics := serveMetrics(ln, &metrics{fetched: fetched, mem: mem, disk: disk, local: st.local, fs: fsys}, log)
 		defer stopMetrics()
 		fmt.Fprintf(stderr, "ipnix: metrics on http://%s/metrics\n", ln.Addr())
 	}

@@ -24,6 +24,7 @@ type prefetchConfig struct {
 	NoRequireSigs bool
 	RequireCidSig bool
 	API           string
+	KuboRepo      string
 	Gateways      []string
 	BlockTimeout  time.Duration
 	Jobs          int
@@ -62,6 +63,7 @@ func parsePrefetchArgs(args []string, out io.Writer) (*prefetchConfig, error) {
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "accept narinfos that are unsigned or signed by an untrusted key (NOT recommended)")
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse store paths whose narinfo has no IpfsCidSig by a trusted key")
 	fs.StringVar(&c.API, "api", "", "kubo RPC API, a multiaddr or http:// URL (default, unless only --gateway is given: $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001)")
+	fs.StringVar(&c.KuboRepo, "kubo-repo", "", kuboRepoHelp)
 	fs.StringArrayVar(&c.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from (repeatable, tried in order; with no --api the only block sources). Runs of blocks are fetched in one ranged request each")
 	fs.DurationVar(&c.BlockTimeout, "block-timeout", defaultBlockTimeout, "longest wait for one block from one source before the next source is tried")
 	fs.IntVarP(&c.Jobs, "jobs", "j", 8, "requests (blocks, or runs of blocks) in flight at once")
@@ -114,7 +116,7 @@ func runPrefetch(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	// for a mount: that is the point. An ipns:// name is resolved once
 	// (its names are not re-resolved: prefetch is short-lived).
 	st, res, _, err := openSources(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
-		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: diskBlocksAlways, RangeFetch: "bytes"},
+		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: diskBlocksAlways, RangeFetch: "bytes", KuboRepo: c.KuboRepo},
 		trustFlags{c.Substituters, c.TrustedKeys, !c.NoRequireSigs, c.RequireCidSig, time.Hour}, log)
 	if err != nil {
 		return err

@@ -63,6 +63,7 @@ func parseServeArgs(args []string, out io.Writer) (*serveConfig, error) {
 	fs.BoolVar(&c.RequireCidSig, "require-cid-sig", false, "refuse paths whose narinfo has no IpfsCidSig by a trusted key")
 	fs.BoolVar(&c.NoRequireSigs, "no-require-sigs", false, "serve unsigned narinfos (NOT recommended)")
 	fs.StringVar(&c.Blocks.API, "api", "", "kubo RPC API, as for ipnix mount")
+	fs.StringVar(&c.Blocks.KuboRepo, "kubo-repo", "", kuboRepoHelp)
 	fs.StringArrayVar(&c.Blocks.Gateways, "gateway", nil, "HTTP trustless gateway to fetch blocks from (repeatable); asked before --api, and with no --api the only block sources (no kubo needed)")
 	c.Blocks.MemoryBytes = 64 << 20
 	fs.Var(sizeValue{&c.Blocks.MemoryBytes}, "memory-cache", "bytes of blocks kept in memory")

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/internal/blockfile"
 	"github.com/ipnix/ipnix/prefetch"
 )
 
@@ -30,6 +32,7 @@ type blockFlags struct {
 	DiskBlocks   diskBlocks
 	MemoryBytes  int64
 	RangeFetch   string // bytes, car or off (see --range-fetch)
+	KuboRepo     string // --kubo-repo: a directory, "none", or "" for auto
 }
 
 // diskBlocks says when verified blocks are kept on disk under --cache-dir.
@@ -103,7 +106,8 @@ type blockStack struct {
 	fetched  fetch.Stats
 	mem      *cache.Memory
 	disk     *cache.Disk       // nil without --cache-dir, or when blocks are not kept on disk
-	batch    *fetch.Batch      // nil with --range-fetch off or no gateway
+	batch    *fetch.Batch      // nil with --range-fetch off, no gateway, or a kubo blockstore read directly
+	local    *fetch.Blockstore // the local kubo's blockstore, read directly; nil if none
 	names    []string          // the sources, in the order asked
 	gateways []string          // base URLs of the gateways asked for blocks, in order
 	remote   []string          // the sources not on this machine
@@ -134,6 +138,15 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	}
 	st := &blockStack{}
 	var sources fetch.Failover
+	if repo, err := kuboRepo(f, kubo != nil, log); err != nil {
+		return nil, err
+	} else if repo != "" {
+		if st.local, err = fetch.OpenBlockstore(repo); err != nil {
+			return nil, usageError{fmt.Errorf("--kubo-repo: %w", err)}
+		}
+		sources = append(sources, fetch.Verify(st.local, &st.fetched))
+		st.names = append(st.names, st.local.String())
+	}
 	var gws []*fetch.Gateway
 	for _, u := range gateways {
 		gw, err := fetch.NewGateway(u, f.BlockTimeout)
@@ -156,6 +169,12 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	}
 	if f.RangeFetch == "car" && st.batch == nil {
 		return nil, usageError{errors.New("--range-fetch car needs a --gateway (or a local kubo gateway to discover)")}
+	}
+	if st.local != nil && st.batch != nil {
+		// A ranged request would have kubo read the same files and copy
+		// them through HTTP: read-ahead reads them itself, several at once.
+		st.batch = nil
+		log.Debug("read-ahead reads blocks from the kubo blockstore, not in ranged requests to a gateway", "blockstore", st.local.String())
 	}
 	if kubo != nil {
 		sources = append(sources, fetch.Verify(kubo, &st.fetched))
@@ -187,6 +206,42 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		st.batch.Held, st.batch.Expect, st.batch.Put = st.mem.Held, st.mem.Expect, st.mem.Put
 	}
 	return st, nil
+}
+
+const kuboRepoHelp = "kubo repository on this machine whose blockstore (flatfs, kubo's default) is read directly before any source is asked: a block kubo holds then costs a file read, not kubo's CPU to read it and copy it through HTTP; blocks are checked against their CIDs as from any source, and those it lacks come from the gateways and the API. Default: the repository the ipfs command uses ($IPFS_PATH, else ~/.ipfs) when its api file names the --api kubo; \"none\" never reads one"
+
+// kuboRepo is the kubo repository whose blockstore is read directly
+// (--kubo-repo): the directory given, none for "none"; by default, when
+// a kubo on this machine is asked (--api), the repository the ipfs command
+// would use ($IPFS_PATH, else ~/.ipfs) if its api file names that kubo
+// and it has a flatfs blockstore, as the ipfs command finds its daemon.
+func kuboRepo(f blockFlags, haveKubo bool, log *slog.Logger) (string, error) {
+	switch {
+	case f.KuboRepo == "none":
+		return "", nil
+	case f.KuboRepo != "":
+		return f.KuboRepo, nil
+	case !haveKubo || !localKubo(f.API):
+		return "", nil
+	}
+	repo := fetch.KuboRepoPath()
+	if repo == "" {
+		return "", nil
+	}
+	data, _, err := blockfile.Read(filepath.Join(repo, "api"), 4<<10)
+	if err != nil {
+		return "", nil
+	}
+	u1, s1, err1 := fetch.KuboAPIURL(f.API)
+	u2, s2, err2 := fetch.KuboAPIURL(strings.TrimSpace(string(data)))
+	if err1 != nil || err2 != nil || u1 != u2 || s1 != s2 {
+		return "", nil
+	}
+	if _, err := fetch.OpenBlockstore(repo); err != nil {
+		log.Debug("not reading the local kubo's blockstore directly", "repo", repo, "err", err)
+		return "", nil
+	}
+	return repo, nil
 }
 
 // gatewayPick is the gateway that ranged fetches go to: the first, until a

@@ -118,3 +118,49 @@ func FuzzLocalSources(f *testing.F) {
 		}
 	})
 }
+
+// By default the blockstore read directly is that of the repository the
+// ipfs command would use, only when its api file names the kubo asked
+// and that kubo is on this machine; --kubo-repo names one or none.
+func TestKuboRepoFound(t *testing.T) {
+	repo := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(repo, "api"), []byte("/ip4/127.0.0.1/tcp/45123\n"), 0o644))
+	must(os.MkdirAll(filepath.Join(repo, "blocks"), 0o755))
+	must(os.WriteFile(filepath.Join(repo, "blocks", "SHARDING"), []byte("/repo/flatfs/shard/v1/next-to-last/2\n"), 0o644))
+	t.Setenv("IPFS_PATH", repo)
+	quiet := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		flags    blockFlags
+		haveKubo bool
+		want     string
+	}{
+		{blockFlags{}, true, repo}, // --api from $IPFS_PATH/api
+		{blockFlags{API: "/ip4/127.0.0.1/tcp/45123"}, true, repo},
+		{blockFlags{API: "http://127.0.0.1:45123"}, true, repo},
+		{blockFlags{API: "/ip4/127.0.0.1/tcp/45124"}, true, ""}, // another kubo
+		{blockFlags{API: "http://192.0.2.1:45123"}, true, ""},   // not on this machine
+		{blockFlags{Gateways: []string{"http://127.0.0.1:8080"}}, false, ""},
+		{blockFlags{KuboRepo: "none"}, true, ""},
+		{blockFlags{KuboRepo: "/srv/ipfs", API: "http://192.0.2.1:5001"}, true, "/srv/ipfs"},
+	} {
+		got, err := kuboRepo(tc.flags, tc.haveKubo, quiet)
+		if err != nil || got != tc.want {
+			t.Errorf("kuboRepo(%+v, %v) = %q, %v; want %q", tc.flags, tc.haveKubo, got, err, tc.want)
+		}
+	}
+	// A repository without a flatfs blockstore is not used by default.
+	must(os.Remove(filepath.Join(repo, "blocks", "SHARDING")))
+	if got, _ := kuboRepo(blockFlags{}, true, quiet); got != "" {
+		t.Errorf("a repository without blocks/SHARDING: %q", got)
+	}
+	// Named explicitly, it is an error that says so.
+	if _, err := openBlocks(context.Background(), blockFlags{API: "http://127.0.0.1:1", KuboRepo: repo, BlockTimeout: time.Second, MemoryBytes: 1 << 20}, quiet); err == nil || !strings.Contains(err.Error(), "--kubo-repo") || !strings.Contains(err.Error(), "no flatfs blockstore") {
+		t.Errorf("--kubo-repo without a blockstore: %v", err)
+	}
+}

@@ -1,0 +1,40 @@
+// Package blockfile reads a file that holds one block, from a directory
+// that is not trusted to hold only regular files: a cache directory, or a
+// kubo repository's blockstore.
+package blockfile
+
+import (
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Read reads the block file p, which must be a regular file (a symlink is
+// not followed) of at most max bytes; it is opened without blocking, so
+// that a FIFO put in its place fails rather than waits for a writer. Its
+// bytes are the caller's to check.
+func Read(p string, max int64) ([]byte, fs.FileInfo, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("block file %s is not a regular file (%v)", p, fi.Mode().Type())
+	}
+	if fi.Size() > max {
+		return nil, nil, fmt.Errorf("block file %s holds %d bytes, more than a block may (%d)", p, fi.Size(), max)
+	}
+	data := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, nil, fmt.Errorf("reading block file %s: %w", p, err)
+	}
+	return data, fi, nil
+}
