@@ -46,7 +46,9 @@ func (b *bench) b1Cold() error {
 	size := b.bigSize
 	what := "cold sequential read, " + humanize.IBytes(uint64(size)) + " file"
 	gw := func() *figure { return &figure{Label: "kubo gateway stream", Unit: "MiB/s"} }
-	plain := b.newRow(row{ID: "B1", What: what, Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
+	plain := b.newRow(row{ID: "B1", What: what + " (blocks read from the local kubo's blockstore files, --kubo-repo)", Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
+		RatioOf: "ipnix/gateway throughput", Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	viaKubo := b.newRow(row{ID: "B1", What: what + ", blocks through kubo's gateway (--kubo-repo none)", Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
 		RatioOf: "ipnix/gateway throughput", Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
 	withDir := b.newRow(row{ID: "B1", What: what + ", with --cache-dir", Ipnix: figure{Unit: "MiB/s"}, Baseline: gw(),
 		RatioOf: "ipnix/gateway throughput", Target: "≥ 0.8×", meets: func(r *row) bool { return r.Ratio >= 0.8 }})
@@ -73,6 +75,11 @@ func (b *bench) b1Cold() error {
 				return err
 			},
 			func() error {
+				d, err := b.coldMountRead("--kubo-repo", "none")
+				viaKubo.ipnix(mbps(size, d))
+				return err
+			},
+			func() error {
 				dropCaches()
 				start := time.Now()
 				if _, err := gatewayFetch(nil, b.kubo.Gateway, cid, io.Discard); err != nil {
@@ -81,6 +88,7 @@ func (b *bench) b1Cold() error {
 				r := mbps(narSize, time.Since(start))
 				plain.base(r)
 				withDir.base(r)
+				viaKubo.base(r)
 				return nil
 			},
 			func() error {
@@ -262,6 +270,17 @@ func (b *bench) b3SmallFiles() error {
 			func() error {
 				d, _, err := b.fullSubstitution(nil, b.kubo.Gateway, b.gopath)
 				cold.base(d.Seconds())
+				return err
+			},
+			func() error {
+				m, err := b.mount("--kubo-repo", "none")
+				if err != nil {
+					return err
+				}
+				defer b.stopMount(m)
+				dropCaches()
+				d, err := readAll(inMount(m, b.gopath))
+				cold.extra("ipnix cold, blocks through kubo's gateway (--kubo-repo none)", "s", d.Seconds())
 				return err
 			})
 	})

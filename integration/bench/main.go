@@ -381,9 +381,12 @@ func (b *bench) newRow(r row) *row {
 	return p
 }
 
-// mount starts a fresh ipnix mount against the benchmark's kubo.
+// mount starts a fresh ipnix mount against the benchmark's kubo, on this
+// machine: its blockstore is read directly (--kubo-repo), as a mount
+// finds it by default through $IPFS_PATH. A later --kubo-repo in extra
+// wins.
 func (b *bench) mount(extra ...string) (*runenv.Mount, error) {
-	return b.mountWith(nil, nil, b.kubo, extra...)
+	return b.mountWith(nil, nil, b.kubo, append([]string{"--kubo-repo", b.kubo.Path}, extra...)...)
 }
 
 // mountWith starts a fresh mount against kubo k, the command behind wrap

@@ -215,7 +215,7 @@ func (b *bench) b10Remote() error {
 
 	transfer := func(bytes float64) float64 { return bytes * 8 / linkBits }
 	cold := func(extra ...string) (*runenv.Mount, error) {
-		m, err := b.mountWith(ns.wrap, ns.client, k, extra...)
+		m, err := b.mountWith(ns.wrap, ns.client, k, append([]string{"--kubo-repo", "none"}, extra...)...) // kubo is on "another machine"
 		if err != nil {
 			return nil, err
 		}
@@ -244,7 +244,9 @@ func (b *bench) b10Remote() error {
 	readGo := func(root string) (time.Duration, error) {
 		return readAll(filepath.Join(root, strings.TrimPrefix(b.gopath, "/nix/store/")))
 	}
-	inNetns := func(extra ...string) (*runenv.Mount, error) { return b.mountWith(ns.wrap, ns.client, k, extra...) }
+	inNetns := func(extra ...string) (*runenv.Mount, error) {
+		return b.mountWith(ns.wrap, ns.client, k, append([]string{"--kubo-repo", "none"}, extra...)...)
+	}
 	return b.eachRound("B10", func(i int) error {
 		var floor3, floor4, floorJob int64
 		var native3, native4, nativeJob, subst time.Duration
