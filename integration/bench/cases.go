@@ -134,39 +134,61 @@ func (b *bench) kuboFuseRead(cid string) (time.Duration, error) {
 }
 
 // B2: re-read after a remount with --cache-dir (the local copies written
-// by a first read in the first mount) against a native cold read.
+// by a first read in the first mount) against a native cold read of the
+// same local copy, read directly, in rounds of their own. As in B9 the
+// copy is read once, untimed, before the timed read's drop, so that this
+// VM's host caches it for both sides. The ipnix side includes what a
+// remount costs: the copy is checked against its manifest (CRC-32C)
+// before the kernel gets it.
 func (b *bench) b2Warm() error {
 	size := b.bigSize
 	r := b.newRow(row{ID: "B2", What: "re-read after remount, --cache-dir, page cache dropped", Ipnix: figure{Unit: "MiB/s"},
-		Baseline: &figure{Label: "native cold, fresh copy", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput", Target: "≥ 0.8×",
+		Baseline: &figure{Label: "native cold read of the same local copy", Unit: "MiB/s"}, RatioOf: "ipnix/native throughput", Target: "≥ 0.8×",
 		meets: func(r *row) bool { return r.Ratio >= 0.8 }})
+	// copied reads the large file through a mount with a fresh cache dir,
+	// stops it, warms the host's cache of the local copy and calls read
+	// with the cache dir's flags and the copy.
+	copied := func(read func(args []string, copyFile string) error) error {
+		args, done, err := b.cacheDir()
+		if err != nil {
+			return err
+		}
+		defer done()
+		if _, err := b.coldMountRead(args...); err != nil {
+			return err
+		}
+		copyFile, err := b.localCopy(args[1])
+		if err != nil {
+			return err
+		}
+		if _, err := coldCat(copyFile); err != nil {
+			return err
+		}
+		return read(args, copyFile)
+	}
 	return b.eachRound("B2", func(i int) error {
 		return alternate(i,
 			func() error {
-				args, done, err := b.cacheDir()
-				if err != nil {
+				return copied(func(args []string, _ string) error {
+					m, err := b.mount(args...)
+					if err != nil {
+						return err
+					}
+					defer b.stopMount(m)
+					before, _ := m.Metric("ipnix_fetch_bytes_total")
+					d, err := coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
+					after, _ := m.Metric("ipnix_fetch_bytes_total")
+					r.ipnix(mbps(size, d))
+					r.extra("fetched after the remount", "B", float64(after-before))
 					return err
-				}
-				defer done()
-				if _, err := b.coldMountRead(args...); err != nil {
-					return err
-				}
-				m, err := b.mount(args...)
-				if err != nil {
-					return err
-				}
-				defer b.stopMount(m)
-				before, _ := m.Metric("ipnix_fetch_bytes_total")
-				d, err := coldCat(filepath.Join(inMount(m, b.big), "big.bin"))
-				after, _ := m.Metric("ipnix_fetch_bytes_total")
-				r.ipnix(mbps(size, d))
-				r.extra("fetched after the remount", "B", float64(after-before))
-				return err
+				})
 			},
 			func() error {
-				d, err := b.coldCatFreshCopy()
-				r.base(mbps(size, d))
-				return err
+				return copied(func(_ []string, copyFile string) error {
+					d, err := coldCat(copyFile)
+					r.base(mbps(size, d))
+					return err
+				})
 			})
 	})
 }
