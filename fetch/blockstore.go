@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/ipfs/boxo/datastore/dshelp"
 	blocks "github.com/ipfs/go-block-format"
@@ -32,6 +33,13 @@ import (
 type Blockstore struct {
 	dir   string // the flatfs directory, <repo>/blocks
 	shard flatfs.ShardFunc
+
+	// Timeout bounds one block's file read, as a gateway's request is
+	// bounded: zero means DefaultBlockTimeout. Whoever owns the repository
+	// can point a shard directory at a file system whose reads never
+	// return (a FUSE or NFS mount); the read is then abandoned, so that
+	// the next source is asked and the read's own deadline holds.
+	Timeout time.Duration
 
 	Read    atomic.Int64 // blocks read from their files
 	Missing atomic.Int64 // blocks asked for that had no file
@@ -87,8 +95,7 @@ func (b *Blockstore) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p := b.path(c)
-	data, _, err := blockfile.Read(p, MaxBlockSize)
+	data, err := b.read(ctx, b.path(c))
 	if errors.Is(err, fs.ErrNotExist) {
 		b.Missing.Add(1)
 		return nil, fmt.Errorf("%w: %s is not in %s", ErrBlockNotFound, c, b)
@@ -98,6 +105,47 @@ func (b *Blockstore) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, err
 	}
 	b.Read.Add(1)
 	return blocks.NewBlockWithCid(data, c)
+}
+
+// maxFileReads bounds the block file reads running at once, those left
+// running after their caller gave up on them included: past it, a read
+// waits for one of them to return (or for its own bound), so that files
+// that never read do not pile up goroutines and descriptors.
+const maxFileReads = 64
+
+var fileReads = make(chan struct{}, maxFileReads)
+
+// read reads the block file p within ctx and b.Timeout. The file read
+// cannot be interrupted: when the bound passes first it is left to finish
+// in its own goroutine, which holds a slot of fileReads until it does.
+func (b *Blockstore) read(ctx context.Context, p string) ([]byte, error) {
+	timeout := b.Timeout
+	if timeout <= 0 {
+		timeout = DefaultBlockTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	select {
+	case fileReads <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reading block file %s: %w (waiting behind %d block file reads)", p, ctx.Err(), maxFileReads)
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() { <-fileReads }()
+		data, _, err := blockfile.Read(p, MaxBlockSize)
+		done <- result{data, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reading block file %s: %w", p, ctx.Err())
+	}
 }
 
 func (b *Blockstore) String() string { return "kubo blockstore " + b.dir }

@@ -144,6 +144,7 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		if st.local, err = fetch.OpenBlockstore(repo); err != nil {
 			return nil, usageError{fmt.Errorf("--kubo-repo: %w", err)}
 		}
+		st.local.Timeout = f.BlockTimeout
 		sources = append(sources, fetch.Verify(st.local, &st.fetched))
 		st.names = append(st.names, st.local.String())
 	}

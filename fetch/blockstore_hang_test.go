@@ -1,0 +1,141 @@
+package fetch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// hangFS is a file system whose every file reads forever (until release
+// is closed): what a repository's owner can put under the blockstore by
+// pointing a shard directory at a FUSE mount of theirs (or an NFS mount
+// whose server is gone).
+type hangRoot struct {
+	fusefs.Inode
+	release chan struct{}
+}
+
+type hangFile struct {
+	fusefs.Inode
+	release chan struct{}
+}
+
+func (r *hangRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	out.Attr.Mode = syscall.S_IFREG | 0o644
+	out.Attr.Size = 16
+	return r.NewInode(ctx, &hangFile{release: r.release}, fusefs.StableAttr{Mode: syscall.S_IFREG}), 0
+}
+
+func (f *hangFile) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Attr.Mode = syscall.S_IFREG | 0o644
+	out.Attr.Size = 16
+	return 0
+}
+
+func (f *hangFile) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	return nil, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (f *hangFile) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	<-f.release
+	return fuse.ReadResultData(nil), syscall.EIO
+}
+
+type fixedSource map[cid.Cid][]byte
+
+func (s fixedSource) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	if b, ok := s[c]; ok {
+		return blocks.NewBlockWithCid(b, c)
+	}
+	return nil, ErrBlockNotFound
+}
+
+// A block file whose read never returns (its shard directory a symlink,
+// put there by whoever owns the repository, to a file system that hangs)
+// must not hold a read beyond its deadline, and the next source must be
+// asked once the block's own bound passes.
+func TestBlockstoreHangingFileBounded(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	mnt := t.TempDir()
+	release := make(chan struct{})
+	srv, err := fusefs.Mount(mnt, &hangRoot{release: release}, &fusefs.Options{MountOptions: fuse.MountOptions{AllowOther: false, Name: "ipnixhang"}})
+	if err != nil {
+		t.Skipf("mount: %v", err)
+	}
+	var released bool
+	stop := func() {
+		if !released {
+			close(release)
+			released = true
+		}
+	}
+	t.Cleanup(func() {
+		stop()
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+
+	repo := flatfsRepo(t, "/repo/flatfs/shard/v1/next-to-last/2")
+	bs, err := OpenBlockstore(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("the real block")
+	c := rawBlock(t, data)
+	if err := os.Symlink(mnt, filepath.Dir(bs.path(c))); err != nil {
+		t.Fatal(err)
+	}
+	bs.Timeout = 300 * time.Millisecond
+
+	type result struct {
+		b   blocks.Block
+		err error
+	}
+	get := func(src BlockGetter, ctx context.Context) chan result {
+		ch := make(chan result, 1)
+		go func() { b, err := src.GetBlock(ctx, c); ch <- result{b, err} }()
+		return ch
+	}
+
+	// The read's own deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	select {
+	case r := <-get(bs, ctx):
+		if r.err == nil {
+			t.Fatal("a block from a file that never reads")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a block file that hangs holds the read past its deadline")
+	}
+
+	// The block's own bound: the next source is asked.
+	var stats Stats
+	fo := Failover{Verify(bs, &stats), Verify(fixedSource{c: data}, &stats)}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	select {
+	case r := <-get(fo, ctx2):
+		if r.err != nil || string(r.b.RawData()) != string(data) {
+			t.Fatalf("failover past a hanging block file: %v", r.err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Error("a block file that hangs keeps the next source from being asked")
+	}
+	stop()
+}
