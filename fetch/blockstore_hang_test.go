@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -137,5 +138,53 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 	case <-time.After(8 * time.Second):
 		t.Error("a block file that hangs keeps the next source from being asked")
 	}
+
+	// Reads that never return take at most maxFileReads goroutines; past
+	// that the blockstore is passed over at once, not after the block's
+	// bound each time.
+	repo2 := flatfsRepo(t, "/repo/flatfs/shard/v1/prefix/2") // every SHA-256 key starts "CI"
+	bs2, err := OpenBlockstore(repo2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(mnt, filepath.Dir(bs2.path(c))); err != nil {
+		t.Fatal(err)
+	}
+	bs2.Timeout = time.Hour
+	ctx3, cancel3 := context.WithCancel(context.Background())
+	var chans []chan result
+	want := 8 + len(fileReads) // the reads above have not returned either
+	for i := range maxFileReads + 8 {
+		ci := rawBlock(t, []byte{byte(i), byte(i >> 8)})
+		ch := make(chan result, 1)
+		go func() { b, err := bs2.GetBlock(ctx3, ci); ch <- result{b, err} }()
+		chans = append(chans, ch)
+	}
+	fast := 0
+	timer := time.After(5 * time.Second)
+	for fast < want {
+		select {
+		case <-timer:
+			t.Fatalf("%d reads passed over the blockstore within 5 s, want %d", fast, want)
+		default:
+		}
+		fast = 0
+		for _, ch := range chans {
+			select {
+			case r := <-ch:
+				if r.err == nil || !strings.Contains(r.err.Error(), "block file reads are running") {
+					t.Fatalf("past %d hung reads: %v", maxFileReads, r.err)
+				}
+				fast++
+				ch <- r
+			default:
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if fast != want {
+		t.Fatalf("%d reads of files that never read returned", fast-want)
+	}
+	cancel3()
 	stop()
 }
