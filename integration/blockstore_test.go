@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,4 +126,59 @@ func compareTree(t *testing.T, dir, orig string) error {
 	})
 	must(t, err)
 	return first
+}
+
+// A blockstore that holds only some of the blocks, the others replaced by
+// files it must refuse (a FIFO, a symlink to the real block file, a file
+// of the wrong bytes): read-ahead and background fetch still deliver the
+// whole closure, the missing and refused blocks from kubo's gateway and
+// API, and every mounted path hashes to its NarHash.
+func TestKuboBlockstorePartial(t *testing.T) {
+	p := publishClosure(t)
+	repo := t.TempDir()
+	src := filepath.Join(p.kubo.Path, "blocks")
+	sharding, err := os.ReadFile(filepath.Join(src, "SHARDING"))
+	must(t, err)
+	must(t, os.MkdirAll(filepath.Join(repo, "blocks"), 0o755))
+	must(t, os.WriteFile(filepath.Join(repo, "blocks", "SHARDING"), sharding, 0o644))
+	files, _ := filepath.Glob(filepath.Join(src, "*", "*.data"))
+	if len(files) < 8 {
+		t.Fatalf("%d block files in kubo's blockstore", len(files))
+	}
+	var kept, odd int
+	for i, f := range files {
+		dst := filepath.Join(repo, "blocks", filepath.Base(filepath.Dir(f)), filepath.Base(f))
+		must(t, os.MkdirAll(filepath.Dir(dst), 0o755))
+		switch i % 5 {
+		case 0, 2:
+			data, err := os.ReadFile(f)
+			must(t, err)
+			must(t, os.WriteFile(dst, data, 0o644))
+			kept++
+		case 1:
+			// missing
+		case 3:
+			if i%2 == 0 {
+				must(t, syscall.Mkfifo(dst, 0o644))
+			} else {
+				must(t, os.Symlink(f, dst))
+			}
+			odd++
+		case 4:
+			data, err := os.ReadFile(f)
+			must(t, err)
+			data[0] ^= 0xff
+			must(t, os.WriteFile(dst, data, 0o644))
+			odd++
+		}
+	}
+	t.Logf("%d block files: %d copied, %d replaced by odd files, the rest missing", len(files), kept, odd)
+	m := p.mount(t, "--kubo-repo", repo, "--block-timeout", "5s", "--read-timeout", "20s")
+	checkMountedClosure(t, p, m)
+	read, missing := m.metric(t, "ipnix_kubo_blockstore_reads_total"), m.metric(t, "ipnix_kubo_blockstore_missing_total")
+	fetched := m.metric(t, "ipnix_fetch_blocks_total")
+	t.Logf("blockstore: %d read, %d missing; %d blocks fetched in all", read, missing, fetched)
+	if read == 0 || missing == 0 || fetched <= read {
+		t.Errorf("blocks read %d, missing %d, fetched %d: want some of each, and more fetched than read from the blockstore", read, missing, fetched)
+	}
 }
