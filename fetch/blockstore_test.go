@@ -129,7 +129,7 @@ func TestBlockstoreRefusesOddFiles(t *testing.T) {
 	if err := os.WriteFile(place(big), make([]byte, MaxBlockSize+1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bs.GetBlock(context.Background(), big); err == nil || !strings.Contains(err.Error(), "more than a block may") {
+	if _, err := bs.GetBlock(context.Background(), big); err == nil || !strings.Contains(err.Error(), "more than it may") {
 		t.Fatalf("oversized block file: %v", err)
 	}
 	if bs.Read.Load() != 1 { // the tampered one, refused above it
@@ -174,4 +174,38 @@ func FuzzParseSharding(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The default kubo API comes from $IPFS_PATH/api, a file whoever owns the
+// repository controls: a FIFO there is not waited on (the default address
+// is used), and a symlinked api file is still followed.
+func TestKuboAPIFileNotWaitedOn(t *testing.T) {
+	repo := t.TempDir()
+	t.Setenv("IPFS_PATH", repo)
+	if err := syscall.Mkfifo(filepath.Join(repo, "api"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan string, 1)
+	go func() { u, _, _ := KuboAPIURL(""); done <- u }()
+	select {
+	case u := <-done:
+		if u != "http://127.0.0.1:5001" {
+			t.Errorf("with a FIFO for an api file: %q, want the default", u)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a FIFO as $IPFS_PATH/api hangs KuboAPIURL")
+	}
+	if err := os.Remove(filepath.Join(repo, "api")); err != nil {
+		t.Fatal(err)
+	}
+	real := filepath.Join(t.TempDir(), "api")
+	if err := os.WriteFile(real, []byte("/ip4/127.0.0.1/tcp/45999\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(repo, "api")); err != nil {
+		t.Fatal(err)
+	}
+	if u, _, err := KuboAPIURL(""); err != nil || u != "http://127.0.0.1:45999" {
+		t.Errorf("a symlinked api file: %q, %v", u, err)
+	}
 }

@@ -17,10 +17,16 @@ import (
 	"github.com/ipfs/kubo/client/rpc"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/ipnix/ipnix/internal/blockfile"
 )
 
 // DefaultKuboAPI is where kubo's CLI looks when $IPFS_PATH/api does not exist.
 const DefaultKuboAPI = "/ip4/127.0.0.1/tcp/5001"
+
+// kuboAPIFileMax bounds the read of a repository's api file, which holds
+// one multiaddr.
+const kuboAPIFileMax = 4 << 10
 
 // KuboRepoPath is the kubo repository the ipfs command uses: $IPFS_PATH,
 // else ~/.ipfs ("" when there is no home directory either).
@@ -42,7 +48,9 @@ func KuboAPIURL(addr string) (url string, unixSocket string, err error) {
 	if addr == "" {
 		addr = DefaultKuboAPI
 		if root := KuboRepoPath(); root != "" {
-			if b, err := os.ReadFile(filepath.Join(root, "api")); err == nil {
+			// Not os.ReadFile: whoever owns the repository could put a
+			// FIFO there and hang the start.
+			if b, _, err := blockfile.ReadFollowing(filepath.Join(root, "api"), kuboAPIFileMax); err == nil {
 				addr = strings.TrimSpace(string(b))
 			}
 		}

@@ -229,7 +229,7 @@ func kuboRepo(f blockFlags, haveKubo bool, log *slog.Logger) (string, error) {
 	if repo == "" {
 		return "", nil
 	}
-	data, _, err := blockfile.Read(filepath.Join(repo, "api"), 4<<10)
+	data, _, err := blockfile.ReadFollowing(filepath.Join(repo, "api"), 4<<10)
 	if err != nil {
 		return "", nil
 	}

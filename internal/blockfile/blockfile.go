@@ -17,7 +17,18 @@ import (
 // that a FIFO put in its place fails rather than waits for a writer. Its
 // bytes are the caller's to check.
 func Read(p string, max int64) ([]byte, fs.FileInfo, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	return read(p, max, unix.O_NOFOLLOW)
+}
+
+// ReadFollowing is Read for a small file that may be reached through a
+// symlink, such as kubo's api file: a FIFO or a device there still fails
+// at once rather than blocks.
+func ReadFollowing(p string, max int64) ([]byte, fs.FileInfo, error) {
+	return read(p, max, 0)
+}
+
+func read(p string, max int64, flags int) ([]byte, fs.FileInfo, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|flags, 0)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -27,14 +38,14 @@ func Read(p string, max int64) ([]byte, fs.FileInfo, error) {
 		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("block file %s is not a regular file (%v)", p, fi.Mode().Type())
+		return nil, nil, fmt.Errorf("%s is not a regular file (%v)", p, fi.Mode().Type())
 	}
 	if fi.Size() > max {
-		return nil, nil, fmt.Errorf("block file %s holds %d bytes, more than a block may (%d)", p, fi.Size(), max)
+		return nil, nil, fmt.Errorf("%s holds %d bytes, more than it may (%d)", p, fi.Size(), max)
 	}
 	data := make([]byte, fi.Size())
 	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, nil, fmt.Errorf("reading block file %s: %w", p, err)
+		return nil, nil, fmt.Errorf("reading %s: %w", p, err)
 	}
 	return data, fi, nil
 }
