@@ -91,11 +91,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 		}
 	})
 
-	repo := flatfsRepo(t, "/repo/flatfs/shard/v1/next-to-last/2")
-	bs, err := OpenBlockstore(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bs := testBlockstore(t)
 	data := []byte("the real block")
 	c := rawBlock(t, data)
 	if err := os.Symlink(mnt, filepath.Dir(bs.path(c))); err != nil {

@@ -29,6 +29,17 @@ func flatfsRepo(t *testing.T, sharding string) string {
 	return repo
 }
 
+// testBlockstore opens a fresh, empty blockstore sharded as kubo does by
+// default.
+func testBlockstore(t *testing.T) *Blockstore {
+	t.Helper()
+	bs, err := OpenBlockstore(flatfsRepo(t, "/repo/flatfs/shard/v1/next-to-last/2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs
+}
+
 func rawBlock(t *testing.T, data []byte) cid.Cid {
 	t.Helper()
 	c, err := cid.V1Builder{Codec: cid.Raw, MhType: mh.SHA2_256}.Sum(data)
@@ -43,11 +54,7 @@ func rawBlock(t *testing.T, data []byte) cid.Cid {
 // before the last (a layout checked against a real kubo repository in
 // integration/blockstore_test.go).
 func TestBlockstoreReadsFlatfs(t *testing.T) {
-	repo := flatfsRepo(t, "/repo/flatfs/shard/v1/next-to-last/2\n")
-	bs, err := OpenBlockstore(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bs := testBlockstore(t)
 	data := []byte("a block held by kubo")
 	c := rawBlock(t, data)
 	p := bs.path(c)
@@ -79,11 +86,7 @@ func TestBlockstoreReadsFlatfs(t *testing.T) {
 // not regular files of block size are refused without being read (a FIFO
 // must not hang the read path).
 func TestBlockstoreRefusesOddFiles(t *testing.T) {
-	repo := flatfsRepo(t, "/repo/flatfs/shard/v1/next-to-last/2")
-	bs, err := OpenBlockstore(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bs := testBlockstore(t)
 	place := func(c cid.Cid) string {
 		p := bs.path(c)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
