@@ -40,6 +40,15 @@ func KuboRepoPath() string {
 	return ""
 }
 
+// RepoAPI is the API address in the api file of the kubo repository repo,
+// which its daemon writes while it runs. It is read without blocking (not
+// os.ReadFile: whoever owns the repository could put a FIFO there and hang
+// the start), following a symlink.
+func RepoAPI(repo string) (string, error) {
+	b, _, err := blockfile.ReadFollowing(filepath.Join(repo, "api"), kuboAPIFileMax)
+	return strings.TrimSpace(string(b)), err
+}
+
 // KuboAPIURL turns what a user may pass as --api into the base URL of a kubo
 // RPC endpoint: a multiaddr (/ip4/127.0.0.1/tcp/5001, /dns/host/tcp/5001,
 // /unix/path), an http(s):// URL, or "" for kubo's own default: the multiaddr
@@ -48,10 +57,8 @@ func KuboAPIURL(addr string) (url string, unixSocket string, err error) {
 	if addr == "" {
 		addr = DefaultKuboAPI
 		if root := KuboRepoPath(); root != "" {
-			// Not os.ReadFile: whoever owns the repository could put a
-			// FIFO there and hang the start.
-			if b, _, err := blockfile.ReadFollowing(filepath.Join(root, "api"), kuboAPIFileMax); err == nil {
-				addr = strings.TrimSpace(string(b))
+			if a, err := RepoAPI(root); err == nil {
+				addr = a
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
-	"github.com/ipnix/ipnix/internal/blockfile"
 	"github.com/ipnix/ipnix/prefetch"
 )
 
@@ -138,12 +136,11 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 	}
 	st := &blockStack{}
 	var sources fetch.Failover
-	if repo, err := kuboRepo(f, kubo != nil, log); err != nil {
+	var err error
+	if st.local, err = localBlockstore(f, kubo != nil, log); err != nil {
 		return nil, err
-	} else if repo != "" {
-		if st.local, err = fetch.OpenBlockstore(repo); err != nil {
-			return nil, usageError{fmt.Errorf("--kubo-repo: %w", err)}
-		}
+	}
+	if st.local != nil {
 		st.local.Timeout = f.BlockTimeout
 		sources = append(sources, fetch.Verify(st.local, &st.fetched))
 		st.names = append(st.names, st.local.String())
@@ -211,38 +208,44 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 
 const kuboRepoHelp = "kubo repository on this machine whose blockstore (flatfs, kubo's default) is read directly before any source is asked: a block kubo holds then costs a file read, not kubo's CPU to read it and copy it through HTTP; blocks are checked against their CIDs as from any source, and those it lacks come from the gateways and the API. Default: the repository the ipfs command uses ($IPFS_PATH, else ~/.ipfs) when its api file names the --api kubo; \"none\" never reads one"
 
-// kuboRepo is the kubo repository whose blockstore is read directly
-// (--kubo-repo): the directory given, none for "none"; by default, when
-// a kubo on this machine is asked (--api), the repository the ipfs command
-// would use ($IPFS_PATH, else ~/.ipfs) if its api file names that kubo
-// and it has a flatfs blockstore, as the ipfs command finds its daemon.
-func kuboRepo(f blockFlags, haveKubo bool, log *slog.Logger) (string, error) {
+// localBlockstore opens the blockstore of the kubo repository read
+// directly (--kubo-repo): the directory given (an error if it has none),
+// none for "none"; by default, when a kubo on this machine is asked
+// (--api), that of the repository the ipfs command would use ($IPFS_PATH,
+// else ~/.ipfs) if its api file names that kubo and it has a flatfs
+// blockstore, as the ipfs command finds its daemon.
+func localBlockstore(f blockFlags, haveKubo bool, log *slog.Logger) (*fetch.Blockstore, error) {
 	switch {
 	case f.KuboRepo == "none":
-		return "", nil
+		return nil, nil
 	case f.KuboRepo != "":
-		return f.KuboRepo, nil
+		bs, err := fetch.OpenBlockstore(f.KuboRepo)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--kubo-repo: %w", err)}
+		}
+		return bs, nil
 	case !haveKubo || !localKubo(f.API):
-		return "", nil
+		return nil, nil
 	}
 	repo := fetch.KuboRepoPath()
 	if repo == "" {
-		return "", nil
+		return nil, nil
 	}
-	data, _, err := blockfile.ReadFollowing(filepath.Join(repo, "api"), 4<<10)
+	addr, err := fetch.RepoAPI(repo)
 	if err != nil {
-		return "", nil
+		return nil, nil
 	}
 	u1, s1, err1 := fetch.KuboAPIURL(f.API)
-	u2, s2, err2 := fetch.KuboAPIURL(strings.TrimSpace(string(data)))
+	u2, s2, err2 := fetch.KuboAPIURL(addr)
 	if err1 != nil || err2 != nil || u1 != u2 || s1 != s2 {
-		return "", nil
+		return nil, nil
 	}
-	if _, err := fetch.OpenBlockstore(repo); err != nil {
+	bs, err := fetch.OpenBlockstore(repo)
+	if err != nil {
 		log.Debug("not reading the local kubo's blockstore directly", "repo", repo, "err", err)
-		return "", nil
+		return nil, nil
 	}
-	return repo, nil
+	return bs, nil
 }
 
 // gatewayPick is the gateway that ranged fetches go to: the first, until a

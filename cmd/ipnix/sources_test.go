@@ -133,8 +133,24 @@ func TestKuboRepoFound(t *testing.T) {
 	must(os.WriteFile(filepath.Join(repo, "api"), []byte("/ip4/127.0.0.1/tcp/45123\n"), 0o644))
 	must(os.MkdirAll(filepath.Join(repo, "blocks"), 0o755))
 	must(os.WriteFile(filepath.Join(repo, "blocks", "SHARDING"), []byte("/repo/flatfs/shard/v1/next-to-last/2\n"), 0o644))
+	// Another repository, named explicitly: no api file needed.
+	other := t.TempDir()
+	must(os.MkdirAll(filepath.Join(other, "blocks"), 0o755))
+	must(os.WriteFile(filepath.Join(other, "blocks", "SHARDING"), []byte("/repo/flatfs/shard/v1/next-to-last/2\n"), 0o644))
 	t.Setenv("IPFS_PATH", repo)
 	quiet := slog.New(slog.DiscardHandler)
+	// found names the repository whose blockstore localBlockstore opened.
+	found := func(f blockFlags, haveKubo bool) (string, error) {
+		bs, err := localBlockstore(f, haveKubo, quiet)
+		if bs == nil {
+			return "", err
+		}
+		dir, ok := strings.CutPrefix(bs.String(), "kubo blockstore ")
+		if !ok || filepath.Base(dir) != "blocks" {
+			t.Fatalf("blockstore %q", bs)
+		}
+		return filepath.Dir(dir), err
+	}
 	for _, tc := range []struct {
 		flags    blockFlags
 		haveKubo bool
@@ -147,17 +163,17 @@ func TestKuboRepoFound(t *testing.T) {
 		{blockFlags{API: "http://192.0.2.1:45123"}, true, ""},   // not on this machine
 		{blockFlags{Gateways: []string{"http://127.0.0.1:8080"}}, false, ""},
 		{blockFlags{KuboRepo: "none"}, true, ""},
-		{blockFlags{KuboRepo: "/srv/ipfs", API: "http://192.0.2.1:5001"}, true, "/srv/ipfs"},
+		{blockFlags{KuboRepo: other, API: "http://192.0.2.1:5001"}, true, other},
 	} {
-		got, err := kuboRepo(tc.flags, tc.haveKubo, quiet)
+		got, err := found(tc.flags, tc.haveKubo)
 		if err != nil || got != tc.want {
-			t.Errorf("kuboRepo(%+v, %v) = %q, %v; want %q", tc.flags, tc.haveKubo, got, err, tc.want)
+			t.Errorf("localBlockstore(%+v, %v) opened %q, %v; want %q", tc.flags, tc.haveKubo, got, err, tc.want)
 		}
 	}
 	// A repository without a flatfs blockstore is not used by default.
 	must(os.Remove(filepath.Join(repo, "blocks", "SHARDING")))
-	if got, _ := kuboRepo(blockFlags{}, true, quiet); got != "" {
-		t.Errorf("a repository without blocks/SHARDING: %q", got)
+	if got, err := found(blockFlags{}, true); got != "" || err != nil {
+		t.Errorf("a repository without blocks/SHARDING: %q, %v", got, err)
 	}
 	// Named explicitly, it is an error that says so.
 	if _, err := openBlocks(context.Background(), blockFlags{API: "http://127.0.0.1:1", KuboRepo: repo, BlockTimeout: time.Second, MemoryBytes: 1 << 20}, quiet); err == nil || !strings.Contains(err.Error(), "--kubo-repo") || !strings.Contains(err.Error(), "no flatfs blockstore") {
