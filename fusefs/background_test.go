@@ -143,7 +143,11 @@ func TestBackgroundFetchOfWalk(t *testing.T) {
 // closes, and waits while readers wait for blocks.
 func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	var demand atomic.Int64
-	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Demand: demand.Load})
+	// One read-ahead worker: at most one of its fetches can be under way
+	// when the path is quarantined (queued ones are dropped then), so the
+	// count below tells the walk's fetches from read-ahead's. With eight,
+	// eight slow read-ahead fetches could finish after the walk stopped.
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Demand: demand.Load, ReadaheadWorkers: 1})
 	tree := walkTree()
 	nar, ls := makeNar(t, tree)
 	base := e.add(t, "walk", nar, nar, ls)
