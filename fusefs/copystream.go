@@ -32,6 +32,11 @@ import (
 // temporary directory; in the last two cases the copies are written the
 // old way, from blocks, once the path is verified (materialize).
 //
+// The bytes are written on a goroutine of the stream's (run), not on the
+// checker's: the checker hashes under its lock, on the reader's goroutine,
+// and writing there held up every reader of the path for each write.
+// Before the copies are sealed, everything queued is written (flush).
+//
 // The copies are not synced: a directory found at start is hashed again
 // against its manifest before any copy in it is used (copycheck.go), so a
 // copy torn by a crash is found and dropped.
@@ -40,6 +45,10 @@ import (
 // attached after the checker passed the start of the first file to copy
 // (a listing built from the NAR's headers reads the NAR's beginning).
 const prefillMax = 4 << 20
+
+// streamQueue bounds the spans queued for a stream's writer (64 leaves of
+// 256 KiB); the checker waits when it is full.
+const streamQueue = 64
 
 // copyStream writes the copies of one store path from its checker's
 // stream.
@@ -59,6 +68,19 @@ type copyStream struct {
 	f     *os.File // the copy of todo[next], once its first byte came
 	h     hash.Hash
 	sums  []string // manifest checksums of todo[:next]
+
+	queue  chan queuedSpan // bytes for the writer (run), in NAR order
+	quit   chan struct{}   // closed to stop the writer
+	exited chan struct{}   // closed when the writer has stopped
+	stop   sync.Once
+}
+
+// queuedSpan is NAR bytes at off for the writer, or, when flushed is
+// set, a marker it closes once everything before it is written.
+type queuedSpan struct {
+	off     int64
+	p       []byte
+	flushed chan struct{}
 }
 
 type streamState int
@@ -79,7 +101,8 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 		return
 	}
 	slices.SortFunc(todo, func(a, b *narindex.ListingNode) int { return cmp.Compare(a.NarOffset, b.NarOffset) })
-	s := &copyStream{fl: fl, sp: sp, nh: sp.copiesKey, todo: todo, total: total, h: newCopySum()}
+	s := &copyStream{fl: fl, sp: sp, nh: sp.copiesKey, todo: todo, total: total, h: newCopySum(),
+		queue: make(chan queuedSpan, streamQueue), quit: make(chan struct{}), exited: make(chan struct{})}
 	fl.mu.Lock()
 	if fl.lru.Contains(s.nh) || fl.busy[s.nh] || fl.ctx.Err() != nil {
 		fl.mu.Unlock()
@@ -94,6 +117,7 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 	if old != nil {
 		old.abort()
 	}
+	go s.run()
 	from := sp.chk.Tee(s.write, s.release)
 	if start := todo[0].NarOffset; from > start {
 		if err := s.prefill(ctx, start, from); err != nil {
@@ -135,14 +159,56 @@ func (s *copyStream) failure() error {
 	return errors.New("local copies dropped while being written")
 }
 
-// write is the checker's tee: bytes of the NAR at off, in order.
+// write is the checker's tee: bytes of the NAR at off, in order, which
+// it never modifies. They are queued for the writer; once the writer has
+// stopped they are dropped (the stream is over).
 func (s *copyStream) write(off int64, p []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.state == streaming {
-		s.writeLocked(off, p)
+	select {
+	case s.queue <- queuedSpan{off: off, p: p}:
+	case <-s.exited:
 	}
 }
+
+// run is the stream's writer: it writes what write queued until stopped.
+func (s *copyStream) run() {
+	defer close(s.exited)
+	for {
+		select {
+		case q := <-s.queue:
+			if q.flushed != nil {
+				close(q.flushed)
+				continue
+			}
+			s.mu.Lock()
+			if s.state == streaming {
+				s.writeLocked(q.off, q.p)
+			}
+			s.mu.Unlock()
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// flush waits until the writer has written everything queued before it;
+// false if the writer stopped first.
+func (s *copyStream) flush() bool {
+	done := make(chan struct{})
+	select {
+	case s.queue <- queuedSpan{flushed: done}:
+	case <-s.exited:
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	case <-s.exited:
+		return false
+	}
+}
+
+// stopWriter stops the writer; what is still queued is not written.
+func (s *copyStream) stopWriter() { s.stop.Do(func() { close(s.quit) }) }
 
 func (s *copyStream) writeLocked(off int64, p []byte) {
 	for len(p) > 0 && s.next < len(s.todo) && s.err == nil {
@@ -204,6 +270,8 @@ func (s *copyStream) put(ln *narindex.ListingNode, b []byte) error {
 // stream is gone and nothing of it is left on disk.
 func (s *copyStream) finish() error {
 	fl := s.fl
+	s.flush()
+	s.stopWriter()
 	s.mu.Lock()
 	err := s.seal()
 	s.mu.Unlock()
@@ -284,6 +352,7 @@ func (s *copyStream) release() {
 // abort removes what the stream wrote; it writes nothing afterwards. Only
 // whoever took the stream out of fl.streams calls it.
 func (s *copyStream) abort() {
+	s.stopWriter()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == aborted {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -145,6 +146,7 @@ func TestCopiesMismatchLeavesNothing(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(root, "share/big")); err != nil {
 		t.Fatal(err) // every block matches its CID: served until the NAR is checked
 	}
+	flushCopies(e.fsys)
 	if got := filesDirEntries(t, filesDir); len(got) != 1 || !strings.HasPrefix(got[0], ".tmp-") {
 		t.Fatalf("copies directory holds %v while the path is read, want one temporary directory", got)
 	}
@@ -248,6 +250,20 @@ func TestCopyStreamAttachedLate(t *testing.T) {
 	}
 }
 
+// flushCopies waits until the copy streams of fsys have written what
+// their checkers handed them (they write on goroutines of their own).
+func flushCopies(fsys *FS) {
+	fsys.files.mu.Lock()
+	var ss []*copyStream
+	for _, s := range fsys.files.streams {
+		ss = append(ss, s)
+	}
+	fsys.files.mu.Unlock()
+	for _, s := range ss {
+		s.flush()
+	}
+}
+
 func maps(m fstest.MapFS) fstest.MapFS {
 	out := fstest.MapFS{}
 	for k, v := range m {
@@ -268,6 +284,7 @@ func TestCopyStreamReleased(t *testing.T) {
 	if _, err := sp.nar.ReadAt(context.Background(), buf, 0); err != nil {
 		t.Fatal(err)
 	}
+	flushCopies(se.fsys)
 	if got := filesDirEntries(t, se.filesDir); len(got) != 1 || !strings.HasPrefix(got[0], ".tmp-") {
 		t.Fatalf("copies directory holds %v while the path is read, want one temporary directory", got)
 	}
@@ -352,5 +369,40 @@ func TestCopyStreamAnyChunking(t *testing.T) {
 				t.Fatalf("%d files in the copies directory, want 3 copies and the manifest", n)
 			}
 		})
+	}
+}
+
+// A stream whose writer has stopped (the stream was dropped while the
+// checker still feeds it) never holds the checker up: write returns at
+// once however much comes, and nothing more reaches the disk.
+func TestCopyStreamStoppedNeverBlocks(t *testing.T) {
+	se := newStreamEnv(t)
+	nar, ls := makeNar(t, testTree())
+	sp := se.load(t, "pkg", nar, ls)
+	se.fsys.files.mu.Lock()
+	s := se.fsys.files.takeStreamLocked(sp.copiesKey)
+	se.fsys.files.mu.Unlock()
+	if s == nil {
+		t.Fatal("no copy stream")
+	}
+	s.abort()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		leaf := make([]byte, 256<<10)
+		for i := range 4 * streamQueue {
+			s.write(int64(i)*int64(len(leaf)), leaf)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("write blocked after the writer stopped")
+	}
+	if s.flush() {
+		t.Fatal("a stopped writer flushed")
+	}
+	if got := filesDirEntries(t, se.filesDir); len(got) != 0 {
+		t.Fatalf("copies directory holds %v after the stream was dropped", got)
 	}
 }
