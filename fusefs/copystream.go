@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -34,8 +36,10 @@ import (
 //
 // The bytes are written on a goroutine of the stream's (run), not on the
 // checker's: the checker hashes under its lock, on the reader's goroutine,
-// and writing there held up every reader of the path for each write.
-// Before the copies are sealed, everything queued is written (flush).
+// and writing there held up every reader of the path for each write. The
+// goroutine runs while bytes come and goes when none have come for
+// writerIdle (a path read in part keeps none). Before the copies are
+// sealed, everything queued is written (flush).
 //
 // The copies are not synced: a directory found at start is hashed again
 // against its manifest before any copy in it is used (copycheck.go), so a
@@ -49,6 +53,9 @@ const prefillMax = 4 << 20
 // streamQueue bounds the spans queued for a stream's writer (64 leaves of
 // 256 KiB); the checker waits when it is full.
 const streamQueue = 64
+
+// writerIdle is how long a stream's writer waits for bytes before it goes.
+const writerIdle = 100 * time.Millisecond
 
 // copyStream writes the copies of one store path from its checker's
 // stream.
@@ -69,10 +76,10 @@ type copyStream struct {
 	h     hash.Hash
 	sums  []string // manifest checksums of todo[:next]
 
-	queue  chan queuedSpan // bytes for the writer (run), in NAR order
-	quit   chan struct{}   // closed to stop the writer
-	exited chan struct{}   // closed when the writer has stopped
-	stop   sync.Once
+	queue   chan queuedSpan // bytes for the writer (run), in NAR order
+	writing atomic.Bool     // a writer runs, or is being started
+	quit    chan struct{}   // closed when nothing more is to be written
+	stop    sync.Once
 }
 
 // queuedSpan is NAR bytes at off for the writer, or, when flushed is
@@ -102,7 +109,7 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 	}
 	slices.SortFunc(todo, func(a, b *narindex.ListingNode) int { return cmp.Compare(a.NarOffset, b.NarOffset) })
 	s := &copyStream{fl: fl, sp: sp, nh: sp.copiesKey, todo: todo, total: total, h: newCopySum(),
-		queue: make(chan queuedSpan, streamQueue), quit: make(chan struct{}), exited: make(chan struct{})}
+		queue: make(chan queuedSpan, streamQueue), quit: make(chan struct{})}
 	fl.mu.Lock()
 	if fl.lru.Contains(s.nh) || fl.busy[s.nh] || fl.ctx.Err() != nil {
 		fl.mu.Unlock()
@@ -117,7 +124,6 @@ func (fl *files) stream(ctx context.Context, sp *storePath) {
 	if old != nil {
 		old.abort()
 	}
-	go s.run()
 	from := sp.chk.Tee(s.write, s.release)
 	if start := todo[0].NarOffset; from > start {
 		if err := s.prefill(ctx, start, from); err != nil {
@@ -160,54 +166,88 @@ func (s *copyStream) failure() error {
 }
 
 // write is the checker's tee: bytes of the NAR at off, in order, which
-// it never modifies. They are queued for the writer; once the writer has
-// stopped they are dropped (the stream is over).
-func (s *copyStream) write(off int64, p []byte) {
+// it never modifies. They are queued for the writer; once the stream is
+// over (stopWriter) they are dropped.
+func (s *copyStream) write(off int64, p []byte) { s.enqueue(queuedSpan{off: off, p: p}) }
+
+// enqueue queues q for the writer and starts one if none runs; false
+// once the stream is over. It waits while the queue is full: a writer is
+// then running, started by whoever queued last.
+func (s *copyStream) enqueue(q queuedSpan) bool {
 	select {
-	case s.queue <- queuedSpan{off: off, p: p}:
-	case <-s.exited:
+	case <-s.quit:
+		return false
+	default:
 	}
+	select {
+	case s.queue <- q:
+	case <-s.quit:
+		return false
+	}
+	if s.writing.CompareAndSwap(false, true) {
+		go s.run()
+	}
+	return true
 }
 
-// run is the stream's writer: it writes what write queued until stopped.
+// run is the stream's writer: it writes what was queued until none has
+// come for writerIdle, or the stream is over.
 func (s *copyStream) run() {
-	defer close(s.exited)
+	idle := time.NewTimer(writerIdle)
+	defer idle.Stop()
 	for {
 		select {
 		case q := <-s.queue:
-			if q.flushed != nil {
-				close(q.flushed)
-				continue
+			s.handle(q)
+			idle.Reset(writerIdle)
+		case <-idle.C:
+			s.writing.Store(false)
+			// Bytes queued after the timer fired but before the flag was
+			// cleared started no writer: take them now.
+			if len(s.queue) == 0 || !s.writing.CompareAndSwap(false, true) {
+				return
 			}
-			s.mu.Lock()
-			if s.state == streaming {
-				s.writeLocked(q.off, q.p)
-			}
-			s.mu.Unlock()
+			idle.Reset(writerIdle)
 		case <-s.quit:
-			return
+			return // s.writing stays set: nothing more is written
 		}
 	}
 }
 
-// flush waits until the writer has written everything queued before it;
-// false if the writer stopped first.
+// handle writes one queued span, or answers a flush.
+func (s *copyStream) handle(q queuedSpan) {
+	if q.flushed != nil {
+		close(q.flushed)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == streaming {
+		s.writeLocked(q.off, q.p)
+	}
+}
+
+// flush waits until everything queued before it is written; false if the
+// stream was over first.
 func (s *copyStream) flush() bool {
 	done := make(chan struct{})
-	select {
-	case s.queue <- queuedSpan{flushed: done}:
-	case <-s.exited:
+	if !s.enqueue(queuedSpan{flushed: done}) {
 		return false
 	}
 	select {
 	case <-done:
-		return true
-	case <-s.exited:
+	case <-s.quit:
+	}
+	select {
+	case <-s.quit:
 		return false
+	default:
+		return true
 	}
 }
 
-// stopWriter stops the writer; what is still queued is not written.
+// stopWriter ends the stream's writing: what is still queued is not
+// written, and nothing more is queued.
 func (s *copyStream) stopWriter() { s.stop.Do(func() { close(s.quit) }) }
 
 func (s *copyStream) writeLocked(off int64, p []byte) {

@@ -406,3 +406,34 @@ func TestCopyStreamStoppedNeverBlocks(t *testing.T) {
 		t.Fatalf("copies directory holds %v after the stream was dropped", got)
 	}
 }
+
+// A stream's writer runs while bytes come and goes when none come: a path
+// read in part keeps no goroutine. Bytes that come later start it again,
+// and the copies come out whole.
+func TestCopyStreamWriterGoesWhenIdle(t *testing.T) {
+	se := newStreamEnv(t)
+	nar, ls := makeNar(t, testTree())
+	sp := se.load(t, "pkg", nar, ls)
+	se.fsys.files.mu.Lock()
+	s := se.fsys.files.streams[sp.copiesKey]
+	se.fsys.files.mu.Unlock()
+	if s == nil {
+		t.Fatal("no copy stream")
+	}
+	buf := make([]byte, len(nar)/2)
+	if _, err := sp.nar.ReadAt(context.Background(), buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the idle writer to go", func() bool { return !s.writing.Load() })
+	readAllOf(t, sp)
+	if se.fsys.files.streamed.Load() != 1 {
+		t.Fatal("the copies were not written from the stream")
+	}
+	dir := filepath.Join(se.filesDir, sp.copiesKey)
+	for _, ln := range s.todo {
+		got, err := os.ReadFile(filepath.Join(dir, fmt.Sprint(ln.NarOffset)))
+		if err != nil || !bytes.Equal(got, nar[ln.NarOffset:ln.NarOffset+ln.Size]) {
+			t.Fatalf("copy at NAR offset %d: %d bytes, %v", ln.NarOffset, len(got), err)
+		}
+	}
+}
