@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ipnix/ipnix/internal/atomicfile"
 	"github.com/ipnix/ipnix/narindex"
@@ -57,6 +58,7 @@ func New(add Adder, o Options) (*Publisher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	sweepStaleTemps(o.To, time.Now(), log)
 	p := &Publisher{add: add, opts: o, log: log}
 	if d, ok := add.(Describer); ok {
 		if e, ok := d.Encoding(); ok {
