@@ -50,9 +50,11 @@ import (
 // (a listing built from the NAR's headers reads the NAR's beginning).
 const prefillMax = 4 << 20
 
-// streamQueue bounds the spans queued for a stream's writer (64 leaves of
-// 256 KiB); the checker waits when it is full.
-const streamQueue = 64
+// streamQueue bounds the spans queued for a stream's writer (16 leaves of
+// 256 KiB, 4 MiB held beyond the caches for each path being copied); the
+// checker waits when it is full, so a slow disk slows the readers rather
+// than grows the mount.
+const streamQueue = 16
 
 // writerIdle is how long a stream's writer waits for bytes before it goes.
 const writerIdle = 100 * time.Millisecond

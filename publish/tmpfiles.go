@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,10 +25,9 @@ func sweepStaleTemps(to string, now time.Time, log *slog.Logger) {
 	var n int
 	var bytes int64
 	for _, dir := range []string{to, filepath.Join(to, "nar")} {
-		entries, err := os.ReadDir(dir)
+		entries, err := tempEntries(dir)
 		if err != nil {
 			log.Warn("looking for stale temporary files", "dir", dir, "err", err)
-			continue
 		}
 		for _, e := range entries {
 			if !strings.HasPrefix(e.Name(), ".tmp-") || !e.Type().IsRegular() {
@@ -48,5 +48,31 @@ func sweepStaleTemps(to string, now time.Time, log *slog.Logger) {
 	}
 	if n > 0 {
 		log.Info("removed temporary files left by an earlier publish", "files", n, "bytes", bytes, "older_than", staleTempAge)
+	}
+}
+
+// tempEntries lists the entries of dir named .tmp-*, reading the directory
+// in batches and unsorted: a cache directory may hold a narinfo, a
+// listing and a NAR for each of a million store paths.
+func tempEntries(dir string) ([]os.DirEntry, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []os.DirEntry
+	for {
+		batch, err := f.ReadDir(4096)
+		for _, e := range batch {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				out = append(out, e)
+			}
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
 	}
 }
