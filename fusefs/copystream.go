@@ -50,10 +50,12 @@ import (
 // (a listing built from the NAR's headers reads the NAR's beginning).
 const prefillMax = 4 << 20
 
-// streamQueue bounds the spans queued for a stream's writer (16 leaves of
-// 256 KiB, 4 MiB held beyond the caches for each path being copied); the
-// checker waits when it is full, so a slow disk slows the readers rather
-// than grows the mount.
+// streamQueue bounds the spans queued for a stream's writer, held beyond
+// the caches for each path being copied: 16 leaves, 4 MiB of 256 KiB
+// leaves (up to 16 MiB of the final check's 1 MiB reads, 32 MiB of the
+// largest blocks). The checker waits when it is full, so a slow disk slows
+// the readers rather than grows the mount. A stream that stops lets go of
+// what is queued (stopWriter).
 const streamQueue = 16
 
 // writerIdle is how long a stream's writer waits for bytes before it goes.
@@ -186,6 +188,12 @@ func (s *copyStream) enqueue(q queuedSpan) bool {
 	case <-s.quit:
 		return false
 	}
+	select {
+	case <-s.quit: // stopped meanwhile: q is not to stay referenced
+		s.drain()
+		return false
+	default:
+	}
 	if s.writing.CompareAndSwap(false, true) {
 		go s.run()
 	}
@@ -249,8 +257,24 @@ func (s *copyStream) flush() bool {
 }
 
 // stopWriter ends the stream's writing: what is still queued is not
-// written, and nothing more is queued.
-func (s *copyStream) stopWriter() { s.stop.Do(func() { close(s.quit) }) }
+// written but dropped, so that a stream kept by its checker (a quarantined
+// path keeps its checker, and the checker its tee) holds no bytes; nothing
+// more is queued.
+func (s *copyStream) stopWriter() {
+	s.stop.Do(func() { close(s.quit) })
+	s.drain()
+}
+
+// drain drops what is queued; once quit is closed nothing comes after.
+func (s *copyStream) drain() {
+	for {
+		select {
+		case <-s.queue:
+		default:
+			return
+		}
+	}
+}
 
 func (s *copyStream) writeLocked(off int64, p []byte) {
 	for len(p) > 0 && s.next < len(s.todo) && s.err == nil {

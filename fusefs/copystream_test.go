@@ -437,3 +437,35 @@ func TestCopyStreamWriterGoesWhenIdle(t *testing.T) {
 		}
 	}
 }
+
+// A stream that stops lets go of the bytes queued for its writer: a
+// quarantined path keeps its checker, and the checker its tee, for the
+// life of the mount.
+func TestCopyStreamStoppedHoldsNothing(t *testing.T) {
+	se := newStreamEnv(t)
+	nar, ls := makeNar(t, testTree())
+	sp := se.load(t, "pkg", nar, ls)
+	se.fsys.files.mu.Lock()
+	s := se.fsys.files.takeStreamLocked(sp.copiesKey)
+	se.fsys.files.mu.Unlock()
+	if s == nil {
+		t.Fatal("no copy stream")
+	}
+	s.mu.Lock() // a slow disk: the writer waits with its first span
+	for i := range streamQueue + 1 {
+		s.write(int64(i)<<20, make([]byte, 1<<20))
+	}
+	if len(s.queue) == 0 {
+		t.Fatal("nothing queued")
+	}
+	s.stopWriter() // as a quarantine does, through abort
+	s.mu.Unlock()
+	s.abort()
+	if n := len(s.queue); n != 0 {
+		t.Fatalf("%d spans still referenced by the stopped stream", n)
+	}
+	s.write(0, make([]byte, 1<<20))
+	if n := len(s.queue); n != 0 {
+		t.Fatalf("a span queued after the stop: %d", n)
+	}
+}
