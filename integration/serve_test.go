@@ -42,13 +42,18 @@ func startServe(t *testing.T, args ...string) (string, *runenv.Proc) {
 
 // nixCopy copies path from the binary cache at from into a fresh store
 // rooted in a temporary directory (the machine's store is not touched),
-// with signatures required and only key trusted.
+// with signatures required and only key trusted. Nix keeps the narinfos
+// it fetched in ~/.cache/nix for a month, by URL: a server started on a
+// port an earlier test's server had, signing with another key, would get
+// the earlier narinfo ("lacks a valid signature"). Each copy gets a cache
+// of its own.
 func nixCopy(t *testing.T, from, key, path string) (string, []byte, error) {
 	t.Helper()
 	dest := t.TempDir()
 	cmd := exec.Command("nix", "--extra-experimental-features", "nix-command", "copy",
 		"--from", from, "--to", dest, "--option", "require-sigs", "true",
 		"--option", "trusted-public-keys", key, "--option", "substituters", "", path)
+	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	return dest, out, err
 }
