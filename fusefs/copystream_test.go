@@ -376,15 +376,7 @@ func TestCopyStreamAnyChunking(t *testing.T) {
 // checker still feeds it) never holds the checker up: write returns at
 // once however much comes, and nothing more reaches the disk.
 func TestCopyStreamStoppedNeverBlocks(t *testing.T) {
-	se := newStreamEnv(t)
-	nar, ls := makeNar(t, testTree())
-	sp := se.load(t, "pkg", nar, ls)
-	se.fsys.files.mu.Lock()
-	s := se.fsys.files.takeStreamLocked(sp.copiesKey)
-	se.fsys.files.mu.Unlock()
-	if s == nil {
-		t.Fatal("no copy stream")
-	}
+	s := takenStream(t)
 	s.abort()
 	done := make(chan struct{})
 	go func() {
@@ -402,7 +394,7 @@ func TestCopyStreamStoppedNeverBlocks(t *testing.T) {
 	if s.flush() {
 		t.Fatal("a stopped writer flushed")
 	}
-	if got := filesDirEntries(t, se.filesDir); len(got) != 0 {
+	if got := filesDirEntries(t, s.fl.dir); len(got) != 0 {
 		t.Fatalf("copies directory holds %v after the stream was dropped", got)
 	}
 }
@@ -442,15 +434,7 @@ func TestCopyStreamWriterGoesWhenIdle(t *testing.T) {
 // quarantined path keeps its checker, and the checker its tee, for the
 // life of the mount.
 func TestCopyStreamStoppedHoldsNothing(t *testing.T) {
-	se := newStreamEnv(t)
-	nar, ls := makeNar(t, testTree())
-	sp := se.load(t, "pkg", nar, ls)
-	se.fsys.files.mu.Lock()
-	s := se.fsys.files.takeStreamLocked(sp.copiesKey)
-	se.fsys.files.mu.Unlock()
-	if s == nil {
-		t.Fatal("no copy stream")
-	}
+	s := takenStream(t)
 	s.mu.Lock() // a slow disk: the writer waits with its first span
 	for i := range streamQueue + 1 {
 		s.write(int64(i)<<20, make([]byte, 1<<20))
@@ -468,4 +452,20 @@ func TestCopyStreamStoppedHoldsNothing(t *testing.T) {
 	if n := len(s.queue); n != 0 {
 		t.Fatalf("a span queued after the stop: %d", n)
 	}
+}
+
+// takenStream loads a path with local copies to stream and takes its copy
+// stream out of the filesystem, as dropping it does, before aborting it.
+func takenStream(t *testing.T) *copyStream {
+	t.Helper()
+	se := newStreamEnv(t)
+	nar, ls := makeNar(t, testTree())
+	sp := se.load(t, "pkg", nar, ls)
+	se.fsys.files.mu.Lock()
+	s := se.fsys.files.takeStreamLocked(sp.copiesKey)
+	se.fsys.files.mu.Unlock()
+	if s == nil {
+		t.Fatal("no copy stream")
+	}
+	return s
 }
