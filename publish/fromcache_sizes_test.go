@@ -3,7 +3,6 @@ package publish
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,29 +41,7 @@ func narOfSize(t *testing.T, size int) []byte {
 // uncompressed NAR file, described by a narinfo for nar, changed by edit.
 func uncompressedCache(t *testing.T, file, nar []byte, edit func(*narindex.NarInfo)) string {
 	t.Helper()
-	dir := t.TempDir()
-	sum := sha256.Sum256(nar)
-	ni := &narindex.NarInfo{
-		StorePath:   helloPath,
-		URL:         "nar/hello.nar",
-		Compression: "none",
-		NarHash:     narindex.SHA256(sum[:]),
-		NarSize:     uint64(len(nar)),
-	}
-	if edit != nil {
-		edit(ni)
-	}
-	for _, err := range []error{
-		os.MkdirAll(filepath.Join(dir, "nar"), 0o755),
-		os.WriteFile(filepath.Join(dir, "nar/hello.nar"), file, 0o644),
-		os.WriteFile(filepath.Join(dir, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo"), ni.Marshal(), 0o644),
-		os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte("StoreDir: /nix/store\n"), 0o644),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return writeCache(t, "StoreDir: /nix/store\n", "nar/hello.nar", "none", nar, file, edit)
 }
 
 // The copy of an uncompressed NAR (an O_DIRECT sink of the ingest where

@@ -53,12 +53,20 @@ func helloNar(t *testing.T) (nar, compressed []byte) {
 func sourceCache(t *testing.T, cacheInfo string, file []byte, edit func(*narindex.NarInfo)) string {
 	t.Helper()
 	nar, _ := helloNar(t)
+	return writeCache(t, cacheInfo, "nar/hello.nar.bz2", "bzip2", nar, file, edit)
+}
+
+// writeCache writes a binary cache holding helloPath: file at url, and a
+// narinfo describing nar (at url, with compression), changed by edit;
+// nix-cache-info holds cacheInfo, unless empty.
+func writeCache(t *testing.T, cacheInfo, url, compression string, nar, file []byte, edit func(*narindex.NarInfo)) string {
+	t.Helper()
 	dir := t.TempDir()
 	sum := sha256.Sum256(nar)
 	ni := &narindex.NarInfo{
 		StorePath:   helloPath,
-		URL:         "nar/hello.nar.bz2",
-		Compression: "bzip2",
+		URL:         url,
+		Compression: compression,
 		NarHash:     narindex.SHA256(sum[:]),
 		NarSize:     uint64(len(nar)),
 	}
@@ -72,7 +80,7 @@ func sourceCache(t *testing.T, cacheInfo string, file []byte, edit func(*narinde
 		}
 	}
 	must(os.MkdirAll(filepath.Join(dir, "nar"), 0o755))
-	must(os.WriteFile(filepath.Join(dir, "nar/hello.nar.bz2"), file, 0o644))
+	must(os.WriteFile(filepath.Join(dir, filepath.FromSlash(url)), file, 0o644))
 	must(os.WriteFile(filepath.Join(dir, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo"), ni.Marshal(), 0o644))
 	if cacheInfo != "" {
 		must(os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte(cacheInfo), 0o644))
