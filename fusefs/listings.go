@@ -77,8 +77,8 @@ func (f *FS) trimListings() {
 	}
 	f.mu.Unlock()
 	for _, base := range dropped {
-		f.Stats.ListingsDropped.Add(1)
 		f.dropEntry(&f.root.Inode, base)
+		f.Stats.ListingsDropped.Add(1) // counted once the kernel forgot the name too
 		f.log.Debug("listing of idle store path dropped", "path", base)
 	}
 	if over > 0 {
