@@ -123,16 +123,21 @@ func (n *notifier) write(code int32, body []byte) error {
 	return err
 }
 
-// store writes data into the kernel's page cache of node at offset off
-// (FUSE_NOTIFY_STORE). The kernel extends the file's size, and drops its
-// attributes, when off+len(data) passes the size it holds: callers never
-// store past the end of the file. ENOENT: the kernel does not know node.
-func (n *notifier) store(node uint64, off int64, data []byte) error {
+// store writes data, the concatenation of its pieces, into the kernel's
+// page cache of node at offset off (FUSE_NOTIFY_STORE), in one write. The
+// kernel extends the file's size, and drops its attributes, when
+// off+len(data) passes the size it holds: callers never store past the
+// end of the file. ENOENT: the kernel does not know node.
+func (n *notifier) store(node uint64, off int64, data ...[]byte) error {
+	size := 0
+	for _, d := range data {
+		size += len(d)
+	}
 	b := make([]byte, storeOutSize)
 	binary.LittleEndian.PutUint64(b[0:], node)
 	binary.LittleEndian.PutUint64(b[8:], uint64(off))
-	binary.LittleEndian.PutUint32(b[16:], uint32(len(data)))
-	return n.send(notifyStore, b, data)
+	binary.LittleEndian.PutUint32(b[16:], uint32(size))
+	return n.send(notifyStore, append([][]byte{b}, data...)...)
 }
 
 // invalInode drops the attributes of node and, for off >= 0, its cached

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"errors"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -345,22 +346,22 @@ func (p *pusher) push(sp *storePath, f *smallFile, tries int) {
 	switch {
 	case err == nil:
 		p.fs.Stats.PagePushes.Add(1)
-		p.fs.Stats.PagePushBytes.Add(int64(len(data)))
+		p.fs.Stats.PagePushBytes.Add(f.ln.Size)
 	case errors.Is(err, syscall.ENOENT):
 		f.holds.CompareAndSwap(id, 0)
 		p.retry(sp, f, tries)
 	default:
 		f.holds.CompareAndSwap(id, 0)
 		p.fs.Stats.PagePushErrors.Add(1)
-		p.fs.log.Debug("page push failed", "path", sp.base, "node", id, "bytes", len(data), "err", err)
+		p.fs.log.Debug("page push failed", "path", sp.base, "node", id, "bytes", f.ln.Size, "err", err)
 	}
 }
 
-func (p *pusher) store(n *notifier, node uint64, data []byte) error {
+func (p *pusher) store(n *notifier, node uint64, pieces [][]byte) error {
 	if t := p.testStore.Load(); t != nil {
-		return (*t)(n, node, data)
+		return (*t)(n, node, slices.Concat(pieces...))
 	}
-	return n.store(node, 0, data)
+	return n.store(node, 0, pieces...)
 }
 
 // retry queues f again a little later, a few times: the kernel takes in a
@@ -423,26 +424,24 @@ func (p *pusher) keeps(sp *storePath, start, end int64) bool {
 	return p.cover(sp, start, end, nil)
 }
 
-// assemble returns sp's NAR bytes [start, start+size) from the leaves
-// kept, or nil if they do not hold all of them.
-func (p *pusher) assemble(sp *storePath, start, size int64) []byte {
+// assemble returns sp's NAR bytes [start, start+size) as pieces of the
+// leaves kept, in order (one piece unless the bytes straddle leaves), or
+// nil if the leaves do not hold all of them. Nothing is copied: the
+// pieces are written to the device as they are (notifier.store), and
+// leaves are never written to once fetched.
+func (p *pusher) assemble(sp *storePath, start, size int64) [][]byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, k := range p.kept {
-		if k.sp == sp && k.start <= start && start+size <= k.start+int64(len(k.data)) {
-			return k.data[start-k.start : start-k.start+size]
-		}
-	}
-	buf := make([]byte, size)
-	if !p.cover(sp, start, start+size, buf) {
+	var pieces [][]byte
+	if !p.cover(sp, start, start+size, func(b []byte) { pieces = append(pieces, b) }) {
 		return nil
 	}
-	return buf
+	return pieces
 }
 
 // cover reports whether the leaves kept hold sp's bytes [start, end) and,
-// with buf, copies them there. Callers hold mu.
-func (p *pusher) cover(sp *storePath, start, end int64, buf []byte) bool {
+// with piece, hands it their parts in order. Callers hold mu.
+func (p *pusher) cover(sp *storePath, start, end int64, piece func([]byte)) bool {
 	at := start
 	for at < end {
 		found := false
@@ -452,8 +451,8 @@ func (p *pusher) cover(sp *storePath, start, end int64, buf []byte) bool {
 				continue
 			}
 			hi := min(kend, end)
-			if buf != nil {
-				copy(buf[at-start:hi-start], k.data[at-k.start:hi-k.start])
+			if piece != nil {
+				piece(k.data[at-k.start : hi-k.start])
 			}
 			at, found = hi, true
 			break

@@ -538,6 +538,22 @@ func TestNotifyStoreMessage(t *testing.T) {
 	if !bytes.Equal(msg[40:], data) {
 		t.Fatal("data differs")
 	}
+
+	// Pieces go out as one message, the same as their concatenation.
+	var q [2]int
+	if err := unix.Pipe2(q[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(q[0])
+	n = &notifier{fd: q[1]}
+	defer n.close()
+	if err := n.store(0x1122334455, 0, data[:1000], data[1000:1000], data[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<16)
+	if m, err = unix.Read(q[0], got); err != nil || !bytes.Equal(got[:m], msg) {
+		t.Fatalf("a store in pieces: %d bytes, %v; not the message of the whole", m, err)
+	}
 }
 
 // Files are pushed from the leaves kept even across a leaf boundary, and
@@ -552,8 +568,12 @@ func TestKeptLeavesAssemble(t *testing.T) {
 	}
 	p.keep(sp, 100, b)
 	want := slices.Concat(a[50:], b[:50])
-	if got := p.assemble(sp, 50, 100); !bytes.Equal(got, want) {
-		t.Fatal("wrong bytes across a leaf boundary")
+	if got := p.assemble(sp, 50, 100); len(got) != 2 || !bytes.Equal(slices.Concat(got...), want) {
+		t.Fatalf("wrong bytes across a leaf boundary: %d pieces", len(got))
+	}
+	// Within one leaf: the leaf's own bytes, not a copy.
+	if got := p.assemble(sp, 110, 20); len(got) != 1 || &got[0][0] != &b[10] || len(got[0]) != 20 {
+		t.Fatal("bytes within one leaf copied or wrong")
 	}
 	if !p.keeps(sp, 0, 200) || p.keeps(sp, 0, 201) || p.keeps(&storePath{}, 0, 1) {
 		t.Fatal("keeps")
