@@ -73,6 +73,29 @@ func readFiles(t *testing.T, root string, names ...string) {
 	}
 }
 
+// waitForWalk is waitFor, saying on a timeout where the walk of base
+// stood.
+func waitForWalk(t *testing.T, e *env, base, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.fsys.mu.Lock()
+			sp := e.fsys.paths[base]
+			e.fsys.mu.Unlock()
+			state := "path not held"
+			if sp != nil {
+				w := &sp.walk
+				w.mu.Lock()
+				state = fmt.Sprintf("files in a row %d, next %d, limit %d, done %d, on %v, quarantined %v",
+					w.files, w.next, w.limit.Load(), w.done.Load(), w.on.Load(), sp.quarantined())
+				w.mu.Unlock()
+			}
+			t.Fatalf("timed out waiting for %s: walks started %d, stopped %d; reads %d, pages pushed %d; %s", what,
+				e.fsys.Walks.Started.Load(), e.fsys.Walks.Stopped.Load(), e.fsys.Stats.Reads.Load(), e.fsys.Stats.PagePushes.Load(), state)
+		}
+	}
+}
+
 func fileNames(from, to int) []string {
 	var out []string
 	for i := from; i < to; i++ {
@@ -85,7 +108,7 @@ func fileNames(from, to int) []string {
 // the path (here a 12 MiB file nobody read) is fetched in the background.
 // A random pick of as many files is no walk and fetches nothing more.
 func TestBackgroundFetchOfWalk(t *testing.T) {
-	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64})
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, NoPushPages: true})
 	tree := walkTree()
 	nar, ls := makeNar(t, tree)
 	l, _ := narindex.ParseListing(ls)
@@ -118,7 +141,7 @@ func TestBackgroundFetchOfWalk(t *testing.T) {
 	e.fsys.mu.Lock()
 	sp := e.fsys.paths[base]
 	e.fsys.mu.Unlock()
-	waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+	waitForWalk(t, e, base, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
 	waitFor(t, "the large file fetched ahead of the reader", func() bool {
 		for _, c := range bigLeaves {
 			if !e.mem.Contains(c) {
@@ -139,6 +162,39 @@ func TestBackgroundFetchOfWalk(t *testing.T) {
 	}
 }
 
+// The walk tests above and below turn page pushing off: a file pushed
+// before it is read costs no READ, so which files the mount sees read, and
+// when a walk starts, would depend on timing. Files served by pushes count
+// toward a walk at the next READ (TestWalkCountsPushedFiles).
+
+// Files served by page pushes, read without a READ, count toward a walk:
+// the READ after them finds every file between served and takes the run
+// as unbroken.
+func TestWalkCountsPushedFiles(t *testing.T) {
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64})
+	tree := walkTree()
+	nar, ls := makeNar(t, tree)
+	base := e.add(t, "walk", nar, nar, ls)
+	root := filepath.Join(e.dir, base)
+	if _, err := os.ReadDir(root); err != nil { // the kernel learns every file
+		t.Fatal(err)
+	}
+	for _, name := range fileNames(0, 48) {
+		reads := e.fsys.Stats.Reads.Load()
+		readAll(t, root, tree, []string{name})
+		if e.fsys.Stats.Reads.Load() != reads {
+			e.waitPushes(t) // what the READ brought is pushed before the next file
+		}
+	}
+	if reads := e.fsys.Stats.Reads.Load(); reads > 8 {
+		t.Fatalf("%d READs for 48 small files in 2 leaves: the files were not pushed, nothing tested", reads)
+	}
+	// Fewer READs than a walk needs files: the files served by pushes
+	// counted, at the READ after them (the large file's at the latest).
+	readAll(t, root, tree, []string{"z-big"})
+	waitForWalk(t, e, base, "a walk through files served by pushes", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+}
+
 // A walk stops when its store path is quarantined and when the mount
 // closes, and waits while readers wait for blocks.
 func TestBackgroundFetchStopsAndYields(t *testing.T) {
@@ -147,7 +203,7 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	// when the path is quarantined (queued ones are dropped then), so the
 	// count below tells the walk's fetches from read-ahead's. With eight,
 	// eight slow read-ahead fetches could finish after the walk stopped.
-	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Demand: demand.Load, ReadaheadWorkers: 1})
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Demand: demand.Load, ReadaheadWorkers: 1, NoPushPages: true})
 	tree := walkTree()
 	nar, ls := makeNar(t, tree)
 	base := e.add(t, "walk", nar, nar, ls)
@@ -163,7 +219,7 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	slow.Store(true)
 	demand.Store(1) // a reader waits: the walk holds back
 	readFiles(t, root, fileNames(0, walkFiles+2)...)
-	waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+	waitForWalk(t, e, base, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
 	waitFor(t, "the walk to yield", func() bool { return e.fsys.Walks.Yields.Load() >= 3 })
 	demand.Store(0)
 	e.fsys.mu.Lock()
@@ -185,7 +241,7 @@ func TestBackgroundFetchStopsAndYields(t *testing.T) {
 	// A second path, walked, then the mount closes under it.
 	base2 := e.add(t, "walk2", nar, nar, ls)
 	readFiles(t, filepath.Join(e.dir, base2), fileNames(0, walkFiles+2)...)
-	waitFor(t, "a second walk", func() bool { return e.fsys.Walks.Started.Load() == 2 })
+	waitForWalk(t, e, base2, "a second walk", func() bool { return e.fsys.Walks.Started.Load() == 2 })
 	start := time.Now()
 	e.fsys.prefetch.Close() // as FS.Close does, first
 	e.fsys.bgCancel()
@@ -223,7 +279,7 @@ func TestBackgroundFetchStreams(t *testing.T) {
 				return f.Stream(ctx, src, from, to, resolved, put)
 			}}
 			// A small read-ahead window: the walk, not read-ahead, fetches the large file.
-			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Batch: batch, Readahead: 256 << 10})
+			e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Batch: batch, Readahead: 256 << 10, NoPushPages: true})
 			batch.Held, batch.Expect, batch.Put = e.mem.Held, e.mem.Expect, e.mem.Put
 			tree := walkTree()
 			nar, ls := makeNar(t, tree)
@@ -237,7 +293,7 @@ func TestBackgroundFetchStreams(t *testing.T) {
 			bigLeaves := leavesOf(t, e, base, big.NarOffset+1<<20, big.NarOffset+big.Size)
 			root := filepath.Join(e.dir, base)
 			readFiles(t, root, fileNames(0, walkFiles+2)...)
-			waitFor(t, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
+			waitForWalk(t, e, base, "a walk to start", func() bool { return e.fsys.Walks.Started.Load() == 1 })
 			e.fsys.mu.Lock()
 			sp := e.fsys.paths[base]
 			e.fsys.mu.Unlock()
@@ -264,7 +320,7 @@ func TestBackgroundFetchStreams(t *testing.T) {
 // A walk through one directory fetches the rest of that directory only;
 // a walk that goes on past its end fetches the rest of the path.
 func TestBackgroundFetchStaysInDirectory(t *testing.T) {
-	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Readahead: 256 << 10})
+	e := newEnv(t, Config{EagerVerifyBytes: -1, WalkAhead: math.MaxInt64, Readahead: 256 << 10, NoPushPages: true})
 	tree := fstest.MapFS{"b/z-big": {Data: noise(12<<20, 7), Mode: 0o444}, "c/more": {Data: pattern(100, 8), Mode: 0o444}}
 	for i := range 48 {
 		tree[fmt.Sprintf("a/f%03d", i)] = &fstest.MapFile{Data: pattern(6000+i, byte(i)), Mode: 0o444}
