@@ -153,32 +153,77 @@ func (p *Prefetcher) plan(ctx context.Context, j prefetchJob) ([]prefetchJob, er
 	return jobs, nil
 }
 
+// fetchNowAhead is how many single blocks FetchNow has on their way at
+// once: a walk over a local blockstore otherwise waits for each file's
+// read from disk, then hashes it, with the other core idle.
+const fetchNowAhead = 4
+
 // FetchNow fetches the blocks holding bytes [off, end) of f that are not
-// held, in the caller's goroutine and under ctx, as read-ahead would
-// (runs in one request each when batching). It is for background work
+// held, under ctx, as read-ahead would (runs in one request each when
+// batching), and returns when they are all in: single blocks up to
+// fetchNowAhead at once, offered to f in order. It is for background work
 // that paces itself; the error is the first fetch that failed.
 func (p *Prefetcher) FetchNow(ctx context.Context, f *File, off, end int64) error {
-	ctx = Background(ctx)
+	ctx, cancel := context.WithCancel(Background(ctx))
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait() // no fetch outlives the call
+	}()
 	jobs, err := p.plan(ctx, prefetchJob{f: f, off: off, end: min(end, f.Size())})
 	if err != nil {
 		return err
+	}
+	type pending struct {
+		j    prefetchJob
+		b    blocks.Block
+		err  error
+		done chan struct{}
+	}
+	var window []*pending
+	// next waits for the oldest block on its way and offers it.
+	next := func() error {
+		pd := window[0]
+		window = window[1:]
+		<-pd.done
+		if pd.err != nil {
+			return pd.err
+		}
+		p.Stats.Blocks.Add(1)
+		pd.j.f.Offer(pd.j.leaf, pd.b)
+		return nil
 	}
 	for _, j := range jobs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if len(j.run) > 0 {
+			for len(window) > 0 {
+				if err := next(); err != nil {
+					return err
+				}
+			}
 			if err := p.fetchRunCtx(ctx, j); err != nil {
 				return err
 			}
 			continue
 		}
-		b, err := p.bg.GetBlock(ctx, j.leaf.Cid)
-		if err != nil {
+		pd := &pending{j: j, done: make(chan struct{})}
+		window = append(window, pd)
+		wg.Go(func() {
+			pd.b, pd.err = p.bg.GetBlock(ctx, pd.j.leaf.Cid)
+			close(pd.done)
+		})
+		if len(window) >= fetchNowAhead {
+			if err := next(); err != nil {
+				return err
+			}
+		}
+	}
+	for len(window) > 0 {
+		if err := next(); err != nil {
 			return err
 		}
-		p.Stats.Blocks.Add(1)
-		j.f.Offer(j.leaf, b)
 	}
 	return nil
 }

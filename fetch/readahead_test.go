@@ -1,10 +1,18 @@
 package fetch_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
 
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fetch/fetchtest"
@@ -100,5 +108,122 @@ func TestPrefetcherFetchesAhead(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if p.Stats.Blocks.Load() != 8 {
 		t.Fatalf("stopped prefetch still fetched (%d blocks)", p.Stats.Blocks.Load())
+	}
+}
+
+// gatedGetter holds every GetBlock of a leaf until released, and counts
+// how many are held at once.
+type gatedGetter struct {
+	fetch.BlockGetter
+	leaves  map[cid.Cid]bool
+	release chan struct{}
+	in, max atomic.Int64
+	fail    cid.Cid
+	stuck   map[cid.Cid]bool // these wait for their context's end
+}
+
+func (g *gatedGetter) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	if !g.leaves[c] {
+		return g.BlockGetter.GetBlock(ctx, c)
+	}
+	n := g.in.Add(1)
+	defer g.in.Add(-1)
+	for m := g.max.Load(); n > m && !g.max.CompareAndSwap(m, n); m = g.max.Load() {
+	}
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if g.stuck[c] {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if c == g.fail {
+		return nil, errors.New("this block is refused")
+	}
+	return g.BlockGetter.GetBlock(ctx, c)
+}
+
+// FetchNow has several blocks on their way at once, offers them in file
+// order whatever order they arrive in, and on a failure returns it with
+// nothing of its own still running.
+func TestFetchNowPipelinesInOrder(t *testing.T) {
+	ctx := context.Background()
+	st := fetchtest.NewStore()
+	data := randomBytes(4<<20, 12) // 16 leaves
+	root, err := st.AddFile(data, fetchtest.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fetch.OpenFile(ctx, st, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves, err := f.Leaves(ctx, 0, f.Size())
+	if err != nil || len(leaves) != 16 {
+		t.Fatalf("%d leaves, %v", len(leaves), err)
+	}
+	g := &gatedGetter{BlockGetter: st, leaves: map[cid.Cid]bool{}, release: make(chan struct{})}
+	for _, l := range leaves {
+		g.leaves[l.Cid] = true
+	}
+	var mu sync.Mutex
+	var offered []int64
+	f.SetOfferHook(func(start int64, b []byte) {
+		mu.Lock()
+		offered = append(offered, start)
+		mu.Unlock()
+		if !bytes.Equal(b, data[start:start+int64(len(b))]) {
+			t.Errorf("leaf at %d: wrong bytes offered", start)
+		}
+	})
+	p := fetch.NewPrefetcher(g, 0, 1)
+	defer p.Close()
+	done := make(chan error, 1)
+	go func() { done <- p.FetchNow(ctx, f, 0, f.Size()) }()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting: %s", what)
+			}
+		}
+	}
+	waitFor("several blocks on their way", func() bool { return g.in.Load() >= 2 })
+	time.Sleep(20 * time.Millisecond) // room for more than the bound to start, were there no bound
+	if got := g.max.Load(); got > fetch.FetchNowAhead {
+		t.Fatalf("%d blocks on their way at once, bound %d", got, fetch.FetchNowAhead)
+	}
+	close(g.release) // all arrive, in whatever order the goroutines run
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(offered) != 16 || !slices.IsSorted(offered) {
+		t.Fatalf("offered %v, want the 16 leaves in order", offered)
+	}
+
+	// A failing block while later ones are on their way: its error, and
+	// no fetch left running.
+	st2 := fetchtest.NewStore()
+	root2, _ := st2.AddFile(randomBytes(4<<20, 13), fetchtest.DefaultOptions)
+	f2, err := fetch.OpenFile(ctx, st2, root2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves2, _ := f2.Leaves(ctx, 0, f2.Size())
+	g2 := &gatedGetter{BlockGetter: st2, leaves: map[cid.Cid]bool{}, stuck: map[cid.Cid]bool{}, release: make(chan struct{}), fail: leaves2[1].Cid}
+	close(g2.release)
+	for i, l := range leaves2 {
+		g2.leaves[l.Cid] = true
+		g2.stuck[l.Cid] = i >= 2 // on their way until FetchNow gives up
+	}
+	p2 := fetch.NewPrefetcher(g2, 0, 1)
+	defer p2.Close()
+	if err := p2.FetchNow(ctx, f2, 0, f2.Size()); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("FetchNow with a refused block: %v", err)
+	}
+	if n := g2.in.Load(); n != 0 {
+		t.Fatalf("%d fetches still running after FetchNow returned", n)
 	}
 }
