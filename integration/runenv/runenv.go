@@ -47,10 +47,19 @@ type Proc struct {
 	exited chan struct{}
 }
 
-// Start starts cmd, collecting its output.
+// Start starts cmd, collecting its output. The process is sent SIGTERM
+// when the process that started it ends (PR_SET_PDEATHSIG), so that a
+// test killed by its timeout, which runs no cleanup, leaves no daemon or
+// mount process behind: both stop on SIGTERM as on Stop. (The signal
+// comes when the starting thread ends; Go ends threads only when a
+// goroutine locked to one exits, which the callers here never do.)
 func Start(cmd *exec.Cmd) (*Proc, error) {
 	p := &Proc{Cmd: cmd, Log: &SyncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.Log, p.Log
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
