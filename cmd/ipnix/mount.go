@@ -450,8 +450,6 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// memoryLimit is the soft limit for the Go heap: the block cache, the
-// listings' budget and room for everything else.
 // memoryLimit is the GC's soft limit with listings of listingBytes (as
 // estimated) held: the block cache, twice the listings (the estimate is
 // rough, and parsing one needs room), and headroom.
