@@ -110,7 +110,7 @@ func (p *listingParser) expect(c byte) error {
 }
 
 // object calls member for each key of an object; member parses the value.
-func (p *listingParser) object(member func(key string) error) error {
+func (p *listingParser) object(member func(key []byte) error) error {
 	if err := p.expect('{'); err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func (p *listingParser) object(member func(key string) error) error {
 		if p.peek() != '"' {
 			return p.syntax("expected a field name")
 		}
-		key, err := p.str()
+		key, err := p.strBytes()
 		if err != nil {
 			return err
 		}
@@ -150,9 +150,9 @@ func (p *listingParser) listing() (*Listing, error) {
 		hasVersion bool
 		root       *ListingNode
 	)
-	err := p.object(func(key string) error {
+	err := p.object(func(key []byte) error {
 		var err error
-		switch key {
+		switch string(key) {
 		case "version":
 			if hasVersion {
 				return p.syntax("second \"version\"")
@@ -216,32 +216,37 @@ func (p *listingParser) node(depth int) (*ListingNode, error) {
 		seen[i] = true
 		return nil
 	}
-	err := p.object(func(key string) error {
+	err := p.object(func(k []byte) error {
 		var err error
-		switch key {
+		// Matched without allocating; k may be the parser's buffer, which
+		// the value's parse reuses, so the cases name their key.
+		switch string(k) {
 		case "type":
-			if err = once(0, key); err == nil {
+			if err = once(0, "type"); err == nil {
 				if p.peek() != '"' {
 					return p.invalid("type is not a string")
 				}
-				typ, err = p.str()
+				var t []byte
+				if t, err = p.strBytes(); err == nil {
+					typ = typeName(t)
+				}
 			}
 		case "size":
-			if err = once(1, key); err == nil {
+			if err = once(1, "size"); err == nil {
 				size, err = p.integer()
 				hasSize = true
 			}
 		case "executable":
-			if err = once(2, key); err == nil {
+			if err = once(2, "executable"); err == nil {
 				exec, err = p.boolean()
 			}
 		case "narOffset":
-			if err = once(3, key); err == nil {
+			if err = once(3, "narOffset"); err == nil {
 				off, err = p.integer()
 				hasOff = true
 			}
 		case "target":
-			if err = once(4, key); err == nil {
+			if err = once(4, "target"); err == nil {
 				if p.peek() != '"' {
 					return p.invalid("target is not a string")
 				}
@@ -249,7 +254,7 @@ func (p *listingParser) node(depth int) (*ListingNode, error) {
 				hasTarget = true
 			}
 		case "entries":
-			if err = once(5, key); err == nil {
+			if err = once(5, "entries"); err == nil {
 				hasEntry = true
 				entries, err = p.entries(depth)
 			}
@@ -302,6 +307,20 @@ func (p *listingParser) node(depth int) (*ListingNode, error) {
 	return n, nil
 }
 
+// typeName returns the entry type t names as a constant string (no
+// allocation for the three types a listing has), or t itself.
+func typeName(t []byte) string {
+	switch string(t) {
+	case "regular":
+		return "regular"
+	case "directory":
+		return "directory"
+	case "symlink":
+		return "symlink"
+	}
+	return string(t)
+}
+
 // entries parses a directory's entries; depth is the directory's.
 func (p *listingParser) entries(depth int) (map[string]*ListingNode, error) {
 	if depth >= MaxDepth {
@@ -311,15 +330,13 @@ func (p *listingParser) entries(depth int) (map[string]*ListingNode, error) {
 		return nil, p.invalid("entries is not an object")
 	}
 	m := map[string]*ListingNode{}
-	err := p.object(func(name string) error {
+	err := p.object(func(key []byte) error {
+		name := string(key)
 		if err := checkName(name); err != nil {
 			return p.invalid("%v", err)
 		}
 		if len(name) > MaxNameLen {
 			return p.invalid("entry name longer than %d bytes", MaxNameLen)
-		}
-		if _, dup := m[name]; dup {
-			return p.invalid("second entry %q", name)
 		}
 		p.names = append(p.names, name)
 		c, err := p.node(depth + 1)
@@ -327,7 +344,10 @@ func (p *listingParser) entries(depth int) (map[string]*ListingNode, error) {
 			return err
 		}
 		p.names = p.names[:len(p.names)-1]
-		m[name] = c
+		n := len(m)
+		if m[name] = c; len(m) == n { // one map operation, not two
+			return p.invalid("second entry %q", name)
+		}
 		return nil
 	})
 	return m, err
@@ -336,13 +356,21 @@ func (p *listingParser) entries(depth int) (map[string]*ListingNode, error) {
 // str parses a JSON string (the next byte is '"'); the result is valid
 // UTF-8 and the input must be too.
 func (p *listingParser) str() (string, error) {
+	b, err := p.strBytes()
+	return string(b), err
+}
+
+// strBytes is str without the copy: the bytes are the input's own, or
+// the parser's buffer (escapes), valid until the next string is parsed.
+// Field names and types are matched on them without allocating.
+func (p *listingParser) strBytes() ([]byte, error) {
 	start := p.i + 1
 	// Fast path: no escapes, ASCII only.
 	for j := start; j < len(p.data); j++ {
 		c := p.data[j]
 		if c == '"' {
 			p.i = j + 1
-			return string(p.data[start:j]), nil
+			return p.data[start:j], nil
 		}
 		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
 			break
@@ -353,20 +381,20 @@ func (p *listingParser) str() (string, error) {
 	for {
 		if j >= len(p.data) {
 			p.i = j
-			return "", p.syntax("unterminated string")
+			return nil, p.syntax("unterminated string")
 		}
 		c := p.data[j]
 		switch {
 		case c == '"':
 			p.i, p.buf = j+1, b
-			return string(b), nil
+			return b, nil
 		case c < 0x20:
 			p.i = j
-			return "", p.syntax("control character in string")
+			return nil, p.syntax("control character in string")
 		case c == '\\':
 			if j+1 >= len(p.data) {
 				p.i = j
-				return "", p.syntax("unterminated string")
+				return nil, p.syntax("unterminated string")
 			}
 			j++
 			switch e := p.data[j]; e {
@@ -386,7 +414,7 @@ func (p *listingParser) str() (string, error) {
 				r, ok := p.hex4(j + 1)
 				if !ok {
 					p.i = j
-					return "", p.syntax("invalid \\u escape")
+					return nil, p.syntax("invalid \\u escape")
 				}
 				j += 4
 				if utf16.IsSurrogate(r) {
@@ -397,14 +425,14 @@ func (p *listingParser) str() (string, error) {
 					r = utf16.DecodeRune(r, r2)
 					if !ok || r == utf8.RuneError {
 						p.i = j
-						return "", p.syntax("unpaired surrogate in string")
+						return nil, p.syntax("unpaired surrogate in string")
 					}
 					j += 6
 				}
 				b = utf8.AppendRune(b, r)
 			default:
 				p.i = j
-				return "", p.syntax("invalid escape %q", e)
+				return nil, p.syntax("invalid escape %q", e)
 			}
 			j++
 		case c < utf8.RuneSelf:
@@ -414,7 +442,7 @@ func (p *listingParser) str() (string, error) {
 			r, size := utf8.DecodeRune(p.data[j:])
 			if r == utf8.RuneError && size == 1 {
 				p.i = j
-				return "", p.syntax("invalid UTF-8 in string")
+				return nil, p.syntax("invalid UTF-8 in string")
 			}
 			b = append(b, p.data[j:j+size]...)
 			j += size
@@ -509,7 +537,7 @@ func (p *listingParser) skip(depth int) error {
 	}
 	switch c := p.peek(); {
 	case c == '{':
-		return p.object(func(string) error { return p.skip(depth + 1) })
+		return p.object(func([]byte) error { return p.skip(depth + 1) })
 	case c == '[':
 		p.i++
 		if p.peek() == ']' {

@@ -265,3 +265,26 @@ func caseVariantKeys(data []byte) bool {
 	}
 	return false
 }
+
+// Field names, types and entry names written with escapes mean what they
+// spell (as for encoding/json): they are matched on the parser's buffer,
+// which the next string reuses.
+func TestParseListingEscapedKeys(t *testing.T) {
+	data := `{"v\u0065rsion":1,"root":{"typ\u0065":"dir\u0065ctory","entri\u0065s":{` +
+		`"\u0061":{"type":"r\u0065gular","siz\u0065":3,"narOff\u0073et":96,"ex\u0065cutable":true},` +
+		`"b":{"t\u0079pe":"symlink","targ\u0065t":"\u0061"}}}}`
+	l, err := ParseListing([]byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := stdParseListing([]byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(l.Root, want) {
+		t.Fatalf("parsed\n%+v\nencoding/json gives\n%+v", l.Root, want)
+	}
+	if a := l.Root.Entries["a"]; a == nil || a.Type != TypeRegular || a.Size != 3 || !a.Executable || l.Root.Entries["b"].Target != "a" {
+		t.Fatalf("entries %+v", l.Root.Entries)
+	}
+}
