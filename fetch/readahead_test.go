@@ -76,17 +76,7 @@ func TestReadaheadWindow(t *testing.T) {
 }
 
 func TestPrefetcherFetchesAhead(t *testing.T) {
-	ctx := context.Background()
-	st := fetchtest.NewStore()
-	data := randomBytes(4<<20, 11)
-	root, err := st.AddFile(data, fetchtest.DefaultOptions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := fetch.OpenFile(ctx, st, root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _, f := storedFile(t, 4<<20, 11)
 	p := fetch.NewPrefetcher(st, 4, 64)
 	defer p.Close()
 	before := st.Gets.Load()
@@ -109,6 +99,23 @@ func TestPrefetcherFetchesAhead(t *testing.T) {
 	if p.Stats.Blocks.Load() != 8 {
 		t.Fatalf("stopped prefetch still fetched (%d blocks)", p.Stats.Blocks.Load())
 	}
+}
+
+// storedFile adds n random bytes (seeded) to a fresh store as a UnixFS
+// file and opens it.
+func storedFile(t *testing.T, n int, seed uint64) (*fetchtest.Store, []byte, *fetch.File) {
+	t.Helper()
+	st := fetchtest.NewStore()
+	data := randomBytes(n, seed)
+	root, err := st.AddFile(data, fetchtest.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fetch.OpenFile(context.Background(), st, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, data, f
 }
 
 // gatedGetter holds every GetBlock of a leaf until released, and counts
@@ -150,16 +157,7 @@ func (g *gatedGetter) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, er
 // nothing of its own still running.
 func TestFetchNowPipelinesInOrder(t *testing.T) {
 	ctx := context.Background()
-	st := fetchtest.NewStore()
-	data := randomBytes(4<<20, 12) // 16 leaves
-	root, err := st.AddFile(data, fetchtest.DefaultOptions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := fetch.OpenFile(ctx, st, root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, data, f := storedFile(t, 4<<20, 12) // 16 leaves
 	leaves, err := f.Leaves(ctx, 0, f.Size())
 	if err != nil || len(leaves) != 16 {
 		t.Fatalf("%d leaves, %v", len(leaves), err)
@@ -205,13 +203,11 @@ func TestFetchNowPipelinesInOrder(t *testing.T) {
 
 	// A failing block while later ones are on their way: its error, and
 	// no fetch left running.
-	st2 := fetchtest.NewStore()
-	root2, _ := st2.AddFile(randomBytes(4<<20, 13), fetchtest.DefaultOptions)
-	f2, err := fetch.OpenFile(ctx, st2, root2)
+	st2, _, f2 := storedFile(t, 4<<20, 13)
+	leaves2, err := f2.Leaves(ctx, 0, f2.Size())
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaves2, _ := f2.Leaves(ctx, 0, f2.Size())
 	g2 := &gatedGetter{BlockGetter: st2, leaves: map[cid.Cid]bool{}, stuck: map[cid.Cid]bool{}, release: make(chan struct{}), fail: leaves2[1].Cid}
 	close(g2.release)
 	for i, l := range leaves2 {

@@ -77,23 +77,21 @@ func readFiles(t *testing.T, root string, names ...string) {
 // stood.
 func waitForWalk(t *testing.T, e *env, base, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			e.fsys.mu.Lock()
-			sp := e.fsys.paths[base]
-			e.fsys.mu.Unlock()
-			state := "path not held"
-			if sp != nil {
-				w := &sp.walk
-				w.mu.Lock()
-				state = fmt.Sprintf("files in a row %d, next %d, limit %d, done %d, on %v, quarantined %v",
-					w.files, w.next, w.limit.Load(), w.done.Load(), w.on.Load(), sp.quarantined())
-				w.mu.Unlock()
-			}
-			t.Fatalf("timed out waiting for %s: walks started %d, stopped %d; reads %d, pages pushed %d; %s", what,
-				e.fsys.Walks.Started.Load(), e.fsys.Walks.Stopped.Load(), e.fsys.Stats.Reads.Load(), e.fsys.Stats.PagePushes.Load(), state)
+	waitForOr(t, what, cond, func() string {
+		e.fsys.mu.Lock()
+		sp := e.fsys.paths[base]
+		e.fsys.mu.Unlock()
+		state := "path not held"
+		if sp != nil {
+			w := &sp.walk
+			w.mu.Lock()
+			state = fmt.Sprintf("files in a row %d, next %d, limit %d, done %d, on %v, quarantined %v",
+				w.files, w.next, w.limit.Load(), w.done.Load(), w.on.Load(), sp.quarantined())
+			w.mu.Unlock()
 		}
-	}
+		return fmt.Sprintf("walks started %d, stopped %d; reads %d, pages pushed %d; %s",
+			e.fsys.Walks.Started.Load(), e.fsys.Walks.Stopped.Load(), e.fsys.Stats.Reads.Load(), e.fsys.Stats.PagePushes.Load(), state)
+	})
 }
 
 func fileNames(from, to int) []string {

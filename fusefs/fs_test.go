@@ -606,9 +606,18 @@ func TestListingsWithoutOpendir(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	waitForOr(t, what, cond, nil)
+}
+
+// waitForOr is waitFor, adding state() to the message on a timeout.
+func waitForOr(t *testing.T, what string, cond func() bool, state func() string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
+			if state != nil {
+				t.Fatalf("timed out waiting for %s: %s", what, state())
+			}
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
