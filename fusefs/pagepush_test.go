@@ -58,31 +58,47 @@ func smallNames(tree fstest.MapFS) []string {
 }
 
 // pushRecorder records every push and checks it against the file the
-// node is: whole, from offset 0, never past its end.
+// node is: whole, from offset 0, never past its end, and never taken
+// twice for the same node. It counts the files the kernel took, not the
+// stores tried: on a loaded machine the worker often gets to a file
+// before the kernel has taken in its lookup's reply (ENOENT), and tries
+// again (pushRetries); and a file may be pushed again to a new node after
+// something dropped the kernel's caches.
 type pushRecorder struct {
-	mu     sync.Mutex
-	pushes int
-	bad    []string
+	mu    sync.Mutex
+	files map[string]bool // files the kernel took
+	nodes map[uint64]bool // nodes it took them for
+	bad   []string
 }
 
 func (e *env) recordPushes(t *testing.T, base string, tree fstest.MapFS) *pushRecorder {
 	t.Helper()
-	r := &pushRecorder{}
+	r := &pushRecorder{files: map[string]bool{}, nodes: map[uint64]bool{}}
 	store := func(n *notifier, node uint64, data []byte) error {
+		err := n.store(node, 0, data)
 		r.mu.Lock()
-		r.pushes++
-		if name, size := e.fileOfNode(base, node, tree); name == "" {
+		defer r.mu.Unlock()
+		name, size := e.fileOfNode(base, node, tree)
+		switch {
+		case name == "":
 			r.bad = append(r.bad, fmt.Sprintf("node %d is no file of %s", node, base))
-		} else if int64(len(data)) != size || !bytes.Equal(data, tree[name].Data) {
+		case int64(len(data)) != size || !bytes.Equal(data, tree[name].Data):
 			r.bad = append(r.bad, fmt.Sprintf("%s: pushed %d bytes, file has %d (or other bytes)", name, len(data), size))
+		case err != nil:
+			// The kernel did not take it (ENOENT: it does not know the node yet).
+		case r.nodes[node]:
+			r.bad = append(r.bad, fmt.Sprintf("%s: pushed twice to node %d", name, node))
+		default:
+			r.nodes[node], r.files[name] = true, true
 		}
-		r.mu.Unlock()
-		return n.store(node, 0, data)
+		return err
 	}
 	e.fsys.pages.testStore.Store(&store)
 	return r
 }
 
+// check fails t for every wrong push and returns how many files were
+// pushed.
 func (r *pushRecorder) check(t *testing.T) int {
 	t.Helper()
 	r.mu.Lock()
@@ -90,7 +106,7 @@ func (r *pushRecorder) check(t *testing.T) int {
 	for _, b := range r.bad {
 		t.Error(b)
 	}
-	return r.pushes
+	return len(r.files)
 }
 
 // fileOfNode finds the file of tree whose inode has kernel node id node.
