@@ -65,6 +65,10 @@ type Config struct {
 	// OnListings, if set, is told the estimated memory of the listings
 	// held whenever it changes (cmd/ipnix sets the GC limit from it).
 	OnListings func(bytes int64)
+	// ExecAhead is how much of a file being executed (a program, or its
+	// ELF interpreter) is fetched at once, from its start, on the first
+	// read (default 32 MiB; needs read-ahead on).
+	ExecAhead int64
 	// WalkAhead is how far ahead of a reader walking a store path in NAR
 	// order the rest of the path is fetched in the background (see
 	// background.go): default 32 MiB; math.MaxInt64 for the whole path (a
@@ -79,6 +83,7 @@ type Config struct {
 // Defaults for Config.
 const (
 	defaultReadahead = 8 << 20
+	defaultExecAhead = 32 << 20
 	defaultWorkers   = 8
 	// Files up to this size are fetched whole when opened.
 	smallFileBytes       = 512 << 10
@@ -96,6 +101,7 @@ type Stats struct {
 	Verified             atomic.Int64 // store paths whose whole NAR matched NarHash
 	LocalCopies          atomic.Int64 // store paths whose larger files were copied for passthrough
 	Passthrough          atomic.Int64 // opens offered a local copy for passthrough
+	ExecFetches          atomic.Int64 // files fetched whole (to ExecAhead) because executed
 	PassthroughFellBack  atomic.Int64 // reads that reached us on a handle with a local copy
 	Quarantined          atomic.Int64 // store paths whose NAR did not
 	VerifiedWhole        atomic.Int64 // store paths verified whole before shown (no trusted IpfsCidSig)
@@ -154,6 +160,7 @@ type FS struct {
 	// nil until mounted, or when the device cannot be found.
 	notify atomic.Pointer[notifier]
 
+	execs    execReads // reads of files being executed (rawshim.go)
 	lookups  singleflight.Group
 	rejected *expirable.LRU[string, error] // store paths refused at load
 	idleFor  time.Duration                 // see listings.go
@@ -173,6 +180,9 @@ func New(cfg Config) (*FS, error) {
 	}
 	if cfg.Readahead == 0 {
 		cfg.Readahead = defaultReadahead
+	}
+	if cfg.ExecAhead == 0 {
+		cfg.ExecAhead = defaultExecAhead
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = defaultReadTimeout

@@ -539,7 +539,7 @@ func TestPassthrough(t *testing.T) {
 	}
 }
 
-// Directories are listed without OPENDIR (see noOpendir): a directory of
+// Directories are listed without OPENDIR (see rawShim): a directory of
 // many entries, read in several READDIRPLUS requests, comes back whole and
 // in order, twice; the root's listing, cached by the kernel, still grows
 // as store paths are looked up.

@@ -101,7 +101,7 @@ func newServer(dir string, f *FS, o MountOptions) (*fuse.Server, error) {
 			Debug:       o.Debug,
 		},
 	}
-	raw := &noOpendir{RawFileSystem: fs.NewNodeFS(f.Root(), opts)}
+	raw := &rawShim{RawFileSystem: fs.NewNodeFS(f.Root(), opts), execs: &f.execs}
 	// Whether OPEN is wanted is settled from the INIT exchange before any
 	// other request is served: an OPEN answered ENOSYS while undecided
 	// would turn opens, and so passthrough, off for the mount's life.

@@ -45,7 +45,7 @@ type dirNode struct {
 }
 type fileNode struct {
 	entryNode
-	prefetched atomic.Bool // a small file is fetched whole on its first open only
+	prefetched atomic.Bool // fetched whole once: a small file opened, or a program started
 	// ra is the read-ahead state of reads that come without an open
 	// handle (see FS.opens).
 	ra atomic.Pointer[fetch.Readahead]
@@ -317,6 +317,20 @@ func (f *fileNode) prefetchSmall(stop func() bool) {
 	}
 }
 
+// prefetchExec fetches a file being executed whole, up to ExecAhead bytes
+// from its start, once: the kernel's loader and the page faults after it
+// read a program all over, in no order read-ahead could follow, and the
+// start waits for each read in turn. It is called from READ, which
+// carries the flags of the open with OPEN or without, and which a program
+// handed a local copy for passthrough never sends.
+func (f *fileNode) prefetchExec(stop func() bool) {
+	fsys := f.sp.fs
+	if n := min(f.ln.Size, fsys.cfg.ExecAhead); n > smallFileBytes && !f.prefetched.Swap(true) {
+		fsys.Stats.ExecFetches.Add(1)
+		fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+n, stop)
+	}
+}
+
 // fileHandle is one open file: its read-ahead state and, for passthrough,
 // the descriptor of a local copy.
 type fileHandle struct {
@@ -370,6 +384,9 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		nOff, nEnd := f.ln.NarOffset+off, f.ln.NarOffset+end
 		nOff, walked := sp.noteWalk(f.ln, nOff, nEnd)
 		ra, stop := f.readahead(fh)
+		if sp.fs.execs.is(ctx) {
+			f.prefetchExec(stop)
+		}
 		raFrom, raTo := ra.Observe(off, end-off, size)
 		narFrom, narTo := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size())
 		// A walk in the background fetches what lies ahead, up to its limit.

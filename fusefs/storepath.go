@@ -130,7 +130,7 @@ func (f *FS) register(base string, sp *storePath) *storePath {
 		go f.trimListings()
 	}
 	// The kernel keeps the root's listing (directories are cached without
-	// asking, see noOpendir). A new root mtime, fetched again once the
+	// asking, see rawShim). A new root mtime, fetched again once the
 	// notification has dropped the root's attributes, makes it list the
 	// newcomer.
 	f.rootGen.Add(1)

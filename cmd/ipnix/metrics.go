@@ -65,6 +65,7 @@ func (m *metrics) write(w http.ResponseWriter) {
 	line("ipnix_store_paths_verified_whole_total", "Store paths without a trusted IpfsCidSig, fetched whole and checked before being shown.", "counter", m.fs.Stats.VerifiedWhole.Load())
 	line("ipnix_listings_dropped_total", "Listings of idle store paths dropped to stay under --listing-memory.", "counter", m.fs.Stats.ListingsDropped.Load())
 	line("ipnix_listing_bytes", "Estimated memory of the listings held.", "gauge", m.fs.ListingBytes())
+	line("ipnix_exec_fetches_total", "Programs fetched whole (up to half the memory cache) at their first read because the kernel was starting them.", "counter", m.fs.Stats.ExecFetches.Load())
 	line("ipnix_passthrough_opens_total", "Opens offered a local verified copy for FUSE passthrough.", "counter", m.fs.Stats.Passthrough.Load())
 	line("ipnix_background_walks_total", "Store paths walked in NAR order whose rest was fetched in the background.", "counter", m.fs.Walks.Started.Load())
 	line("ipnix_background_bytes_total", "Bytes of NAR the background fetch went through.", "counter", m.fs.Walks.Bytes.Load())

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"math"
+	"testing"
+
+	"github.com/ipnix/ipnix/cache"
+)
+
+// The flags reach the filesystem: a flag parsed and then dropped on the
+// way (as --background-fetch once was) does nothing while its help text
+// says otherwise.
+func TestFSConfigFromFlags(t *testing.T) {
+	base := []string{"--substituter", "file:///c", "--trusted-public-key", testKey}
+	memOnly := func() *blockStack { return &blockStack{mem: cache.NewMemory(nil, 64<<20)} }
+	withDisk := func() *blockStack { st := memOnly(); st.disk = &cache.Disk{}; return st }
+	remote := func() *blockStack { st := memOnly(); st.remote = []string{"http://gw.example"}; return st }
+	cases := []struct {
+		name             string
+		args             []string
+		st               *blockStack
+		walk, exec, read int64
+		yields           bool
+	}{
+		{"defaults", []string{"/mnt"}, memOnly(), 32 << 20, 32 << 20, 0, false},
+		{"larger memory cache", []string{"--memory-cache", "1GiB", "/mnt"}, memOnly(), 512 << 20, 512 << 20, 0, false},
+		{"small memory cache", []string{"--memory-cache", "1MiB", "/mnt"}, memOnly(), 8 << 20, 8 << 20, 0, false},
+		{"disk cache: walk to the end", []string{"--cache-dir", "/c", "/mnt"}, withDisk(), math.MaxInt64, 32 << 20, 0, false},
+		{"no background fetch", []string{"--background-fetch=false", "/mnt"}, memOnly(), -1, 32 << 20, 0, false},
+		{"no read-ahead", []string{"--readahead", "0", "/mnt"}, memOnly(), -1, 32 << 20, -1, false},
+		{"remote source: the walk yields", []string{"/mnt"}, remote(), 32 << 20, 32 << 20, 0, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseMountArgs(append(append([]string{}, base...), tc.args...), &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := fsConfig(c, tc.st)
+			if cfg.WalkAhead != tc.walk || cfg.ExecAhead != tc.exec {
+				t.Errorf("WalkAhead %d, ExecAhead %d; want %d, %d", cfg.WalkAhead, cfg.ExecAhead, tc.walk, tc.exec)
+			}
+			if tc.read != 0 && cfg.Readahead != tc.read {
+				t.Errorf("Readahead %d, want %d", cfg.Readahead, tc.read)
+			}
+			if (cfg.Demand != nil) != tc.yields {
+				t.Errorf("background walk yields to readers: %v, want %v", cfg.Demand != nil, tc.yields)
+			}
+		})
+	}
+}
