@@ -3,8 +3,6 @@ package fusefs
 import (
 	"sort"
 	"time"
-
-	"github.com/ipnix/ipnix/narindex"
 )
 
 // Listing memory. Every accepted store path holds its listing, its inode
@@ -24,16 +22,6 @@ const entryOverhead = 200
 // idleFor is how long a path must have gone unused before its listing
 // may be dropped (FS.idleFor, changed by tests).
 const idleFor = time.Second
-
-// entryBytes is the estimated memory of listing entry n: the node, its
-// names' bytes, its ordinal and, when listed, its directory entries.
-func entryBytes(n *narindex.ListingNode) int64 {
-	b := int64(entryOverhead + len(n.Target))
-	for name := range n.Entries {
-		b += int64(len(name))
-	}
-	return b
-}
 
 // touch records a use of sp for the LRU order of listings.
 func (sp *storePath) touch() { sp.lastUse.Store(time.Now().UnixNano()) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -181,6 +182,9 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: IpfsCid %q: %v", narindex.ErrRejected, base, info.IpfsCid, err)
 	}
+	// The signed listing is parsed while the NAR's root block is fetched.
+	parsed := make(chan parsedListing, 1)
+	go func() { parsed <- f.parseListing(res) }()
 	nar, err := fetch.OpenFile(bctx, f.cfg.Blocks, c)
 	if err != nil {
 		return nil, refusal(fmt.Errorf("%s: opening NAR %s: %w", base, c, err))
@@ -211,7 +215,7 @@ func (f *FS) load(ctx context.Context, base string, res *narindex.Resolved) (*st
 			f.files.materialize(sp)
 		}
 	} else {
-		if err := sp.lazyListing(bctx, res); err != nil {
+		if err := sp.lazyListing(bctx, res, <-parsed); err != nil {
 			return nil, refusal(err)
 		}
 		sp.chk.Serve(sp.listing)
@@ -271,27 +275,41 @@ func (sp *storePath) verifyWhole(ctx context.Context) error {
 	return nil
 }
 
+// parsedListing is the substituter's listing of a path, parsed and
+// checked against the NAR's signed size, or why not.
+type parsedListing struct {
+	l   *narindex.Listing
+	err error
+}
+
+// parseListing parses the listing the resolver handed over, which it does
+// only when the listing matched the signed digest.
+func (f *FS) parseListing(res *narindex.Resolved) parsedListing {
+	if !res.CidSigned || res.ListingData == nil {
+		return parsedListing{}
+	}
+	l, err := narindex.ParseListingLimit(res.ListingData, f.cfg.MaxEntries)
+	if err == nil {
+		err = l.Validate(int64(res.Info.NarSize))
+	}
+	return parsedListing{l, err}
+}
+
 // lazyListing finds the listing of a CID-signed path: the substituter's,
-// which the resolver hands over only when it matched the signed digest, or
-// else the one built from the NAR's headers (authenticated block by block
-// against the signed CID).
-func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved) error {
+// parsed (see parseListing), or else the one built from the NAR's headers
+// (authenticated block by block against the signed CID).
+func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved, p parsedListing) error {
 	max := sp.fs.cfg.MaxEntries
-	if res.ListingData != nil {
-		l, err := narindex.ParseListingLimit(res.ListingData, max)
-		if err == nil {
-			err = l.Validate(sp.nar.Size())
-		}
-		if err == nil {
-			sp.listing = l
-			return nil
-		}
-		if errors.Is(err, narindex.ErrTooManyEntries) {
-			return fmt.Errorf("%w: %s: %v", narindex.ErrRejected, sp.base, err)
-		}
+	switch {
+	case p.l != nil && p.err == nil:
+		sp.listing = p.l
+		return nil
+	case errors.Is(p.err, narindex.ErrTooManyEntries):
+		return fmt.Errorf("%w: %s: %v", narindex.ErrRejected, sp.base, p.err)
+	case p.err != nil:
 		// Signed and wrong: the publisher's listing is broken.
-		sp.fs.log.Warn("ignoring signed listing that does not parse; reading NAR headers instead", "path", sp.base, "err", err)
-	} else if res.ListingNote != "" {
+		sp.fs.log.Warn("ignoring signed listing that does not parse; reading NAR headers instead", "path", sp.base, "err", p.err)
+	case res.ListingNote != "":
 		sp.fs.log.Info("not using the substituter's listing; reading NAR headers instead", "path", sp.base, "from", res.From, "why", res.ListingNote)
 	}
 	l, err := narindex.ListingFromNarLimit(sp.nar.ReadSeeker(ctx, 0), max)
@@ -306,24 +324,36 @@ func (sp *storePath) lazyListing(ctx context.Context, res *narindex.Resolved) er
 }
 
 // number gives every listing entry its ordinal in NAR order, and adds
-// up the listing's estimated memory (see listings.go) on the way.
+// up the listing's estimated memory (see listings.go) on the way. The
+// names of the directories being walked share one slice, a stack.
 func (sp *storePath) number() error {
-	sp.ordinals = make(map[*narindex.ListingNode]uint32)
-	var walk func(n *narindex.ListingNode) error
-	walk = func(n *narindex.ListingNode) error {
-		if len(sp.ordinals) >= 1<<32-1 {
-			return errors.New("too many entries for 32-bit ordinals")
-		}
-		sp.ordinals[n] = uint32(len(sp.ordinals))
-		sp.bytes += entryBytes(n)
-		for _, name := range sortedNames(n) {
-			if err := walk(n.Entries[name]); err != nil {
-				return err
-			}
-		}
-		return nil
+	if sp.listing.Entries() >= 1<<32-1 {
+		return errors.New("too many entries for 32-bit ordinals")
 	}
-	return walk(sp.listing.Root)
+	sp.ordinals = make(map[*narindex.ListingNode]uint32, sp.listing.Entries())
+	var names []string
+	var walk func(n *narindex.ListingNode)
+	walk = func(n *narindex.ListingNode) {
+		sp.ordinals[n] = uint32(len(sp.ordinals))
+		// The node, its names' bytes, its ordinal and, when listed, its
+		// directory entries.
+		sp.bytes += entryOverhead + int64(len(n.Target))
+		if len(n.Entries) == 0 {
+			return
+		}
+		base := len(names)
+		for name := range n.Entries {
+			names = append(names, name)
+			sp.bytes += int64(len(name))
+		}
+		slices.Sort(names[base:])
+		for i := base; i < base+len(n.Entries); i++ {
+			walk(n.Entries[names[i]])
+		}
+		names = names[:base]
+	}
+	walk(sp.listing.Root)
+	return nil
 }
 
 func sortedNames(n *narindex.ListingNode) []string {

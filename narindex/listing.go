@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -47,29 +48,32 @@ type ListingNode struct {
 	Entries    map[string]*ListingNode
 }
 
-func joinPath(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
 // Validate checks the listing against the size of its NAR: every file's
-// contents lie inside it.
+// contents lie inside it. The path of an entry is built only for the
+// error that names it.
 func (l *Listing) Validate(narSize int64) error {
-	var walk func(n *ListingNode, path string) error
-	walk = func(n *ListingNode, path string) error {
+	var walk func(n *ListingNode) []string
+	walk = func(n *ListingNode) []string {
 		if n.Type == TypeRegular && (n.NarOffset <= 0 || n.Size < 0 || n.NarOffset > narSize || n.Size > narSize-n.NarOffset) {
-			return fmt.Errorf("listing: %q: contents [%d, +%d) outside the %d-byte NAR", path, n.NarOffset, n.Size, narSize)
+			return []string{}
 		}
 		for name, c := range n.Entries {
-			if err := walk(c, joinPath(path, name)); err != nil {
-				return err
+			if bad := walk(c); bad != nil {
+				return append(bad, name)
 			}
 		}
 		return nil
 	}
-	return walk(l.Root, "")
+	bad := walk(l.Root)
+	if bad == nil {
+		return nil
+	}
+	slices.Reverse(bad)
+	n := l.Root
+	for _, name := range bad {
+		n = n.Entries[name]
+	}
+	return fmt.Errorf("listing: %q: contents [%d, +%d) outside the %d-byte NAR", strings.Join(bad, "/"), n.NarOffset, n.Size, narSize)
 }
 
 // Marshal writes the listing as Nix does.

@@ -288,3 +288,27 @@ func TestParseListingEscapedKeys(t *testing.T) {
 		t.Fatalf("entries %+v", l.Root.Entries)
 	}
 }
+
+// Validate names the entry whose contents lie outside the NAR, however
+// deep, and accepts a listing whose files all lie inside it.
+func TestValidateNamesTheEntry(t *testing.T) {
+	l, err := ParseListing([]byte(`{"version":1,"root":{"type":"directory","entries":{
+		"a":{"type":"regular","size":3,"narOffset":100},
+		"d":{"type":"directory","entries":{"e":{"type":"directory","entries":{
+			"f":{"type":"regular","size":10,"narOffset":200},
+			"l":{"type":"symlink","target":"f"}}}}}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Validate(210); err != nil {
+		t.Fatalf("a listing inside its NAR: %v", err)
+	}
+	err = l.Validate(209)
+	if err == nil || !strings.Contains(err.Error(), `"d/e/f": contents [200, +10) outside the 209-byte NAR`) {
+		t.Fatalf("got %v, want the error to name d/e/f", err)
+	}
+	err = l.Validate(102)
+	if err == nil || !strings.Contains(err.Error(), `outside the 102-byte NAR`) || !strings.Contains(err.Error(), `"a"`) && !strings.Contains(err.Error(), `"d/e/f"`) {
+		t.Fatalf("got %v", err)
+	}
+}
