@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/internal/hangfs"
 )
 
 // blockFiles lists the block files under dir with their total size.
@@ -285,5 +287,62 @@ func BenchmarkDiskHit(b *testing.B) {
 		if _, err := d.GetBlock(ctx, c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A block file whose read never returns (a disk that stopped answering)
+// holds no read past its bound: the block is asked of the layer below,
+// and the file, which may be intact, is counted and left, not deleted as
+// corrupt.
+func TestDiskHangingFileBounded(t *testing.T) {
+	hang := hangfs.Dir(t)
+	st := fetchtest.NewStore()
+	cids := putBlocks(t, st, 1, 1000)
+	dir := t.TempDir()
+	d, err := cache.OpenDisk(dir, 1<<20, fetch.Verify(st, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.Timeout = 200 * time.Millisecond
+	if _, err := d.GetBlock(context.Background(), cids[0]); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := blockFiles(t, dir)
+	if len(files) != 1 {
+		t.Fatalf("%d block files, want 1", len(files))
+	}
+	shard := filepath.Dir(files[0])
+	if err := os.RemoveAll(shard); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(hang, shard); err != nil {
+		t.Fatal(err)
+	}
+	gets := st.Gets.Load()
+	done := make(chan error, 1)
+	go func() {
+		b, err := d.GetBlock(context.Background(), cids[0])
+		if err == nil && b.RawData()[0] != 0 {
+			err = errors.New("wrong bytes")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("past a block file that never reads: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a block file that never reads holds the read past its bound")
+	}
+	if got := st.Gets.Load() - gets; got != 1 {
+		t.Errorf("the layer below was asked %d times, want 1", got)
+	}
+	if u, c := d.Stats.Unanswered.Load(), d.Stats.Corrupt.Load(); u != 1 || c != 0 {
+		t.Errorf("unanswered %d, corrupt %d; want 1 and 0", u, c)
+	}
+	if _, err := os.Lstat(shard); err != nil {
+		t.Errorf("the unanswering file was removed: %v", err)
 	}
 }

@@ -71,6 +71,10 @@ type DiskStats struct {
 	Evictions atomic.Int64
 	Corrupt   atomic.Int64 // files found torn or corrupted, deleted and fetched again
 	Adopted   atomic.Int64 // block files another process wrote, found on a miss
+	// Unanswered counts block file reads that did not answer within
+	// their bound (a disk that stopped answering): the block is asked of
+	// the layer below, and the file left as it is.
+	Unanswered atomic.Int64
 }
 
 // Disk is an on-disk block store with a byte quota in front of another
@@ -80,6 +84,9 @@ type Disk struct {
 	dir   string
 	max   int64
 	Stats DiskStats
+	// Timeout bounds one block file read (default
+	// fetch.DefaultBlockTimeout); set before use.
+	Timeout time.Duration
 
 	mu          sync.Mutex
 	lru         *simplelru.LRU[string, diskEntry] // unpinned blocks, least recently used first
@@ -267,24 +274,29 @@ func blockPath(dir, key string) string {
 // from the layer below and stores it.
 func (d *Disk) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	key := string(c.Hash())
-	if data, ok := d.read(key, c); ok {
+	data, ok, indexed := d.read(ctx, key, c)
+	if ok {
 		d.Stats.Hits.Add(1)
 		return blocks.NewBlockWithCid(data, c)
 	}
-	if data, ok := d.adopt(key, c); ok {
-		d.Stats.Hits.Add(1)
-		return blocks.NewBlockWithCid(data, c)
+	if !indexed { // another process may have written it since
+		if data, ok := d.adopt(ctx, key, c); ok {
+			d.Stats.Hits.Add(1)
+			return blocks.NewBlockWithCid(data, c)
+		}
 	}
 	d.Stats.Misses.Add(1)
 	return fetchShared(ctx, &d.inflight, d.src, key, c, d.write)
 }
 
 // read returns the stored bytes of key if indexed and intact. A file that
-// is unreadable or does not hash to c is deleted and counted.
-func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
+// is unreadable or does not hash to c is deleted and counted; one that
+// does not answer in time is counted and left. indexed tells whether the
+// index had key.
+func (d *Disk) read(ctx context.Context, key string, c cid.Cid) (data []byte, ok, indexed bool) {
 	d.mu.Lock()
-	e, pinned, ok := d.entry(key)
-	touch := ok && time.Since(e.touched) > touchEvery
+	e, pinned, indexed := d.entry(key)
+	touch := indexed && time.Since(e.touched) > touchEvery
 	if touch {
 		e.touched = time.Now()
 		if pinned {
@@ -294,34 +306,42 @@ func (d *Disk) read(key string, c cid.Cid) ([]byte, bool) {
 		}
 	}
 	d.mu.Unlock()
-	if !ok {
-		return nil, false
+	if !indexed {
+		return nil, false, false
 	}
 	p := d.path(key)
-	data, _, err := readBlockFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, _, err := readBlockFile(ctx, p, d.Timeout)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		d.forget(key)
-		return nil, false
-	}
-	if err != nil || int64(len(data)) != e.size || fetch.CheckBlock(c, data) != nil {
+		return nil, false, true
+	case unanswered(err):
+		d.Stats.Unanswered.Add(1)
+		return nil, false, true
+	case err != nil || int64(len(data)) != e.size || fetch.CheckBlock(c, data) != nil:
 		d.Stats.Corrupt.Add(1)
 		d.forget(key)
-		return nil, false
+		return nil, false, true
 	}
 	if touch {
 		now := time.Now()
 		os.Chtimes(p, now, now)
 	}
-	return data, true
+	return data, true, true
 }
 
 // adopt indexes and returns the block file of key that another process
 // (a prefetch, another mount) wrote after this store was opened, if it is
-// there and intact; a damaged one is deleted and counted.
-func (d *Disk) adopt(key string, c cid.Cid) ([]byte, bool) {
+// there and intact; a damaged one is deleted and counted, one that does
+// not answer in time counted and left.
+func (d *Disk) adopt(ctx context.Context, key string, c cid.Cid) ([]byte, bool) {
 	p := d.path(key)
-	data, fi, err := readBlockFile(p)
+	data, fi, err := readBlockFile(ctx, p, d.Timeout)
 	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false
+	}
+	if unanswered(err) {
+		d.Stats.Unanswered.Add(1)
 		return nil, false
 	}
 	if err != nil || fetch.CheckBlock(c, data) != nil {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -27,7 +28,7 @@ func (d *Disk) Pin(c cid.Cid) error {
 		return nil
 	}
 	if !ok {
-		if _, ok := d.adopt(key, c); !ok {
+		if _, ok := d.adopt(context.Background(), key, c); !ok {
 			return fmt.Errorf("%w: %s", ErrNotHeld, c)
 		}
 	}

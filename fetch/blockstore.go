@@ -107,19 +107,8 @@ func (b *Blockstore) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, err
 	return blocks.NewBlockWithCid(data, c)
 }
 
-// maxFileReads bounds the block file reads running at once, those left
-// running after their caller gave up on them included: past it (far more
-// than the read-ahead workers and the kernel's concurrent reads), the
-// blockstore is not read and the next source is asked at once, so that
-// files that never read neither pile up goroutines and descriptors nor
-// cost every later block the whole --block-timeout.
-const maxFileReads = 64
-
-var fileReads = make(chan struct{}, maxFileReads)
-
-// read reads the block file p within ctx and b.Timeout. The file read
-// cannot be interrupted: when the bound passes first it is left to finish
-// in its own goroutine, which holds a slot of fileReads until it does.
+// read reads the block file p within ctx and b.Timeout (see
+// blockfile.ReadBounded).
 func (b *Blockstore) read(ctx context.Context, p string) ([]byte, error) {
 	timeout := b.Timeout
 	if timeout <= 0 {
@@ -127,27 +116,8 @@ func (b *Blockstore) read(ctx context.Context, p string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	select {
-	case fileReads <- struct{}{}:
-	default:
-		return nil, fmt.Errorf("not reading block file %s: %d block file reads are running (some may never return)", p, maxFileReads)
-	}
-	type result struct {
-		data []byte
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		defer func() { <-fileReads }()
-		data, _, err := blockfile.Read(p, MaxBlockSize)
-		done <- result{data, err}
-	}()
-	select {
-	case r := <-done:
-		return r.data, r.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("reading block file %s: %w", p, ctx.Err())
-	}
+	data, _, err := blockfile.ReadBounded(ctx, p, MaxBlockSize)
+	return data, err
 }
 
 func (b *Blockstore) String() string { return "kubo blockstore " + b.dir }

@@ -5,51 +5,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 
-	fusefs "github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/ipnix/ipnix/internal/blockfile"
+	"github.com/ipnix/ipnix/internal/hangfs"
 )
-
-// hangFS is a file system whose every file reads forever (until release
-// is closed): what a repository's owner can put under the blockstore by
-// pointing a shard directory at a FUSE mount of theirs (or an NFS mount
-// whose server is gone).
-type hangRoot struct {
-	fusefs.Inode
-	release chan struct{}
-}
-
-type hangFile struct {
-	fusefs.Inode
-	release chan struct{}
-}
-
-func (r *hangRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	out.Attr.Mode = syscall.S_IFREG | 0o644
-	out.Attr.Size = 16
-	return r.NewInode(ctx, &hangFile{release: r.release}, fusefs.StableAttr{Mode: syscall.S_IFREG}), 0
-}
-
-func (f *hangFile) Getattr(ctx context.Context, fh fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Attr.Mode = syscall.S_IFREG | 0o644
-	out.Attr.Size = 16
-	return 0
-}
-
-func (f *hangFile) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	return nil, fuse.FOPEN_DIRECT_IO, 0
-}
-
-func (f *hangFile) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	<-f.release
-	return fuse.ReadResultData(nil), syscall.EIO
-}
 
 type fixedSource map[cid.Cid][]byte
 
@@ -65,32 +29,7 @@ func (s fixedSource) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, err
 // must not hold a read beyond its deadline, and the next source must be
 // asked once the block's own bound passes.
 func TestBlockstoreHangingFileBounded(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for FUSE")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
-	mnt := t.TempDir()
-	release := make(chan struct{})
-	srv, err := fusefs.Mount(mnt, &hangRoot{release: release}, &fusefs.Options{MountOptions: fuse.MountOptions{AllowOther: false, Name: "ipnixhang"}})
-	if err != nil {
-		t.Skipf("mount: %v", err)
-	}
-	var released bool
-	stop := func() {
-		if !released {
-			close(release)
-			released = true
-		}
-	}
-	t.Cleanup(func() {
-		stop()
-		if err := srv.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
-		}
-	})
-
+	mnt := hangfs.Dir(t)
 	bs := testBlockstore(t)
 	data := []byte("the real block")
 	c := rawBlock(t, data)
@@ -135,7 +74,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 		t.Error("a block file that hangs keeps the next source from being asked")
 	}
 
-	// Reads that never return take at most maxFileReads goroutines; past
+	// Reads that never return take at most blockfile.MaxPending goroutines; past
 	// that the blockstore is passed over at once, not after the block's
 	// bound each time.
 	repo2 := flatfsRepo(t, "/repo/flatfs/shard/v1/prefix/2") // every SHA-256 key starts "CI"
@@ -149,8 +88,8 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 	bs2.Timeout = time.Hour
 	ctx3, cancel3 := context.WithCancel(context.Background())
 	var chans []chan result
-	want := 8 + len(fileReads) // the reads above have not returned either
-	for i := range maxFileReads + 8 {
+	want := 8 + blockfile.Pending() // the reads above have not returned either
+	for i := range blockfile.MaxPending + 8 {
 		ci := rawBlock(t, []byte{byte(i), byte(i >> 8)})
 		ch := make(chan result, 1)
 		go func() { b, err := bs2.GetBlock(ctx3, ci); ch <- result{b, err} }()
@@ -169,7 +108,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 			select {
 			case r := <-ch:
 				if r.err == nil || !strings.Contains(r.err.Error(), "block file reads are running") {
-					t.Fatalf("past %d hung reads: %v", maxFileReads, r.err)
+					t.Fatalf("past %d hung reads: %v", blockfile.MaxPending, r.err)
 				}
 				fast++
 				ch <- r
@@ -182,5 +121,4 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 		t.Fatalf("%d reads of files that never read returned", fast-want)
 	}
 	cancel3()
-	stop()
 }

@@ -44,6 +44,7 @@ func (m *metrics) write(w http.ResponseWriter) {
 		line("ipnix_disk_cache_misses_total", "Block requests that went below the disk cache.", "counter", d.Stats.Misses.Load())
 		line("ipnix_disk_cache_evictions_total", "Blocks evicted from disk.", "counter", d.Stats.Evictions.Load())
 		line("ipnix_disk_cache_corrupt_total", "Block files found torn or corrupted and fetched again.", "counter", d.Stats.Corrupt.Load())
+		line("ipnix_disk_cache_unanswered_total", "Block file reads that did not answer within their bound (a disk that stopped answering); the block was asked of the sources instead.", "counter", d.Stats.Unanswered.Load())
 		line("ipnix_disk_cache_bytes", "Bytes of blocks on disk.", "gauge", d.Bytes())
 	}
 	if l := m.local; l != nil {

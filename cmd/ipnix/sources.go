@@ -191,6 +191,7 @@ func openBlocks(ctx context.Context, f blockFlags, log *slog.Logger) (*blockStac
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--cache-dir: %w", err)}
 		}
+		st.disk.Timeout = f.BlockTimeout
 		if n, b := st.disk.Pinned(); b > f.DiskBytes {
 			log.Warn("the blocks pinned by prefetched closures exceed the disk block store's quota: no other block is kept on disk (raise --cache-size, or drop closures with ipnix cache gc --forget)",
 				"pinned_blocks", n, "pinned_bytes", b, "quota", f.DiskBytes)
