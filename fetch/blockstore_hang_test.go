@@ -107,7 +107,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 		for _, ch := range chans {
 			select {
 			case r := <-ch:
-				if r.err == nil || !strings.Contains(r.err.Error(), "block file reads are running") {
+				if r.err == nil || !strings.Contains(r.err.Error(), "file reads are running") {
 					t.Fatalf("past %d hung reads: %v", blockfile.MaxPending, r.err)
 				}
 				fast++

@@ -9,16 +9,23 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/ipnix/ipnix/internal/blockfile"
 )
 
 // fileFetcher reads a binary cache in a local directory.
 type fileFetcher struct{ dir string }
 
+// fetch reads name within ctx: a cache directory on a disk or network
+// file system that stopped answering holds no lookup past its bound.
 func (f fileFetcher) fetch(ctx context.Context, name string, limit int64) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	path := filepath.Join(f.dir, name)
+	return blockfile.Bounded(ctx, path, func() ([]byte, error) { return readCacheFile(path, limit) })
+}
+
+// readCacheFile reads the file path of a binary cache, of at most limit
+// bytes.
+func readCacheFile(path string, limit int64) ([]byte, error) {
 	// Non-blocking, so that a FIFO put in place of a narinfo cannot hang
 	// the reader; only a regular file (symlinks followed, as Nix does) is
 	// read.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipnix/ipnix/internal/hangfs"
 )
 
 // cacheDir makes a file:// binary cache holding the Nix-written fixtures,
@@ -334,5 +336,33 @@ func TestFileSubstituterHostileEntries(t *testing.T) {
 	_, err = s.NarInfo(context.Background(), link)
 	if err == nil || strings.Contains(err.Error(), "cache.example.org") || strings.Contains(err.Error(), "c2Vj") {
 		t.Fatalf("narinfo that is a symlink to a key file: %v", err)
+	}
+}
+
+// A binary cache directory on a disk that stopped answering holds no
+// lookup past its bound: the narinfo's read is left behind and the lookup
+// fails with its deadline.
+func TestFileSubstituterHangingReadBounded(t *testing.T) {
+	hang := hangfs.Dir(t)
+	dir := t.TempDir()
+	const hash = "l2ab8sldkfww980gkvsdvmbqsxn9sqkz"
+	if err := os.Symlink(filepath.Join(hang, "x"), filepath.Join(dir, hash+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenSubstituter("file://"+dir, SubstituterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := s.NarInfo(ctx, hash); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want the lookup's deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a narinfo that never reads holds the lookup past its deadline")
 	}
 }

@@ -1,6 +1,7 @@
 // Package blockfile reads a file that holds one block, from a directory
 // that is not trusted to hold only regular files: a cache directory, or a
-// kubo repository's blockstore.
+// kubo repository's blockstore; and it bounds in time reads of files on a
+// disk that may stop answering (Bounded).
 package blockfile
 
 import (
