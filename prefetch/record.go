@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipnix/ipnix/internal/atomicfile"
+	"github.com/ipnix/ipnix/internal/blockfile"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -216,27 +216,12 @@ func clip(s string) string {
 // read (a FIFO would block the opening, a huge file fill memory).
 func LoadRecord(dir string) (*Record, error) {
 	name := filepath.Join(dir, RecordName)
-	f, err := os.OpenFile(name, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	data, _, err := blockfile.ReadFollowing(name, maxRecordBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Record{}, nil
 	}
 	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%v)", name, fi.Mode().Type())
-	}
-	if fi.Size() > maxRecordBytes {
-		return nil, fmt.Errorf("%s: prefetch record of %d bytes, more than %d", name, fi.Size(), maxRecordBytes)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxRecordBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", name, err)
+		return nil, fmt.Errorf("prefetch record: %w", err)
 	}
 	r, err := ParseRecord(data)
 	if err != nil {
