@@ -93,7 +93,13 @@ func (p *Publisher) cacheEntry(ctx context.Context, dir string, same bool, sp na
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
-		tmp, err = os.CreateTemp(filepath.Dir(dst), ".tmp-*")
+		// In nar/ whatever the URL, where the next publish sweeps what a
+		// killed one left (tmpfiles.go), and renamed into place.
+		narDir := filepath.Join(p.opts.To, "nar")
+		if err := os.MkdirAll(narDir, 0o755); err != nil {
+			return err
+		}
+		tmp, err = os.CreateTemp(narDir, ".tmp-*")
 		if err != nil {
 			return err
 		}

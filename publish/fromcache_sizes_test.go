@@ -110,6 +110,31 @@ func flipped(b []byte, at int) []byte {
 	return c
 }
 
+// A NAR whose URL lies outside nar/ is copied to its URL, by way of a
+// temporary file in nar/ (where the next publish sweeps what a killed one
+// left): nothing temporary stays anywhere.
+func TestCacheCopiesNarOutsideNarDir(t *testing.T) {
+	nar := narOfSize(t, chunkSize+8)
+	from := writeCache(t, "StoreDir: /nix/store\n", "custom/sub/hello.nar", "none", nar, nar, nil)
+	to := t.TempDir()
+	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
+		t.Fatalf("Cache: %+v, %v", sum, err)
+	}
+	got, err := os.ReadFile(filepath.Join(to, "custom/sub/hello.nar"))
+	if err != nil || !bytes.Equal(got, nar) {
+		t.Fatalf("copied NAR: %d bytes (want %d), %v", len(got), len(nar), err)
+	}
+	checkNarDir(t, to)
+	ents, err := os.ReadDir(filepath.Join(to, "custom/sub"))
+	if err != nil || len(ents) != 1 || ents[0].Name() != "hello.nar" {
+		t.Fatalf("custom/sub holds %v (%v), want only hello.nar", ents, err)
+	}
+}
+
 // checkNarDir fails unless to/nar holds exactly the files named.
 func checkNarDir(t *testing.T, to string, want ...string) {
 	t.Helper()

@@ -80,6 +80,7 @@ func writeCache(t *testing.T, cacheInfo, url, compression string, nar, file []by
 		}
 	}
 	must(os.MkdirAll(filepath.Join(dir, "nar"), 0o755))
+	must(os.MkdirAll(filepath.Dir(filepath.Join(dir, filepath.FromSlash(url))), 0o755))
 	must(os.WriteFile(filepath.Join(dir, filepath.FromSlash(url)), file, 0o644))
 	must(os.WriteFile(filepath.Join(dir, "rsw37b3mfmf5mwk74h93w7daljgm23cm.narinfo"), ni.Marshal(), 0o644))
 	if cacheInfo != "" {
