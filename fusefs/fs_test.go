@@ -24,6 +24,7 @@ import (
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/internal/testmounts"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -167,11 +168,13 @@ func newEnvOpts(t *testing.T, cfg Config, memBytes int64, o MountOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	untrack := testmounts.Track(e.dir)
 	t.Cleanup(func() {
 		if err := srv.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 			_ = Detach(e.dir)
 		}
+		untrack()
 		e.fsys.Close()
 	})
 	return e

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/internal/testmounts"
 )
 
 // tbRecorder records what a test helper would do to its test.
@@ -83,6 +84,7 @@ func TestOpensDecidedBeforeServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer testmounts.Track(dir)()
 	want := wantOpens(true, false, os.Geteuid() == 0, srv.KernelSettings().Flags64())
 	got := fsys.opens.Load()
 	go srv.Serve()

@@ -18,6 +18,7 @@ import (
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/fetch/fetchtest"
+	"github.com/ipnix/ipnix/internal/testmounts"
 	"github.com/ipnix/ipnix/narindex"
 )
 
@@ -111,10 +112,12 @@ func findCatOnce(b *testing.B, nar []byte, delay time.Duration, noPush bool) (ti
 	if err != nil {
 		b.Fatal(err)
 	}
+	untrack := testmounts.Track(dir)
 	defer func() {
 		if err := srv.Unmount(); err != nil {
 			_ = Detach(dir)
 		}
+		untrack()
 		fsys.Close()
 	}()
 	root := filepath.Join(dir, base)

@@ -8,9 +8,12 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ipnix/ipnix/internal/testmounts"
 )
 
 // Dir mounts a file system on a new directory where every name is
@@ -33,12 +36,24 @@ func Dir(t testing.TB) string {
 	if err != nil {
 		t.Skipf("mount: %v", err)
 	}
+	untrack := testmounts.Track(mnt)
 	var once sync.Once
 	t.Cleanup(func() {
 		once.Do(func() { close(release) })
-		if err := srv.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
+		// A reader let go may still hold its file open for a moment
+		// (EBUSY); past that, the mount is detached rather than left.
+		var err error
+		for range 50 {
+			if err = srv.Unmount(); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
+		if err != nil {
+			t.Errorf("unmount: %v", err)
+			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+		untrack()
 	})
 	return mnt
 }
