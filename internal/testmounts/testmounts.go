@@ -18,7 +18,9 @@ import (
 )
 
 // started is about when the test binary's alarm was set: package
-// initialisation runs before testing.M.Run.
+// initialisation runs just before testing.M.Run, unless a TestMain does
+// long work first (the watchdog then fires that much early; no package
+// that tracks mounts has one).
 var started = time.Now()
 
 // margin is how long before the timeout the mounts are detached.
