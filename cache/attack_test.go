@@ -102,7 +102,7 @@ func TestAttackBlockFilesNotFiles(t *testing.T) {
 				t.Errorf("%s: %v", c, err)
 			}
 		}
-		if err := d.Pin(cids[0]); err != nil {
+		if err := d.Pin(context.Background(), cids[0]); err != nil {
 			t.Errorf("pin after refetch: %v", err)
 		}
 	})

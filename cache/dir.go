@@ -38,7 +38,7 @@ func (d dirBlocks) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	data, _, err := readBlockFile(ctx, blockPath(string(d), Key(c)), 0)
+	data, _, err := readBlockFile(ctx, readOnlyReads, blockPath(string(d), Key(c)), 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s is not in %s", fetch.ErrBlockNotFound, c, string(d))
 	}
@@ -51,23 +51,19 @@ func (d dirBlocks) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error
 	return blocks.NewBlockWithCid(data, c)
 }
 
-// readBlockFile reads the block file p within ctx and timeout (0:
-// fetch.DefaultBlockTimeout; see blockfile.ReadBounded): a disk that
-// stopped answering holds no read past its bound.
-func readBlockFile(ctx context.Context, p string, timeout time.Duration) ([]byte, fs.FileInfo, error) {
+// readOnlyReads bounds the reads of ReadOnly stores running at once.
+var readOnlyReads = blockfile.NewLimiter(blockfile.DefaultPending)
+
+// readBlockFile reads the block file p within ctx, timeout (0:
+// fetch.DefaultBlockTimeout) and a slot of l (see blockfile.ReadBounded):
+// a disk that stopped answering holds no read past its bound.
+func readBlockFile(ctx context.Context, l *blockfile.Limiter, p string, timeout time.Duration) ([]byte, fs.FileInfo, error) {
 	if timeout <= 0 {
 		timeout = fetch.DefaultBlockTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return blockfile.ReadBounded(ctx, p, fetch.MaxBlockSize)
-}
-
-// unanswered tells a read that did not answer in time, or was not tried
-// because too many had not (the file may be intact), from one that found
-// the file unreadable or torn.
-func unanswered(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, blockfile.ErrBusy)
+	return blockfile.ReadBounded(ctx, l, p, fetch.MaxBlockSize)
 }
 
 // StatBlock reports whether the block c has a file in the store in dir,

@@ -345,4 +345,14 @@ func TestDiskHangingFileBounded(t *testing.T) {
 	if _, err := os.Lstat(shard); err != nil {
 		t.Errorf("the unanswering file was removed: %v", err)
 	}
+	// A caller that gives up first (an interrupted read) says nothing of
+	// the disk: not counted.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := d.GetBlock(ctx, cids[0]); err == nil {
+		t.Error("a block past the caller's deadline")
+	}
+	if u := d.Stats.Unanswered.Load(); u != 1 {
+		t.Errorf("unanswered %d after a caller gave up, want still 1", u)
+	}
 }

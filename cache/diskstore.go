@@ -23,6 +23,7 @@ import (
 
 	"github.com/ipnix/ipnix/fetch"
 	"github.com/ipnix/ipnix/internal/atomicfile"
+	"github.com/ipnix/ipnix/internal/blockfile"
 )
 
 // The on-disk format, version 1:
@@ -96,6 +97,7 @@ type Disk struct {
 
 	lock     *os.File // DIR/LOCK, held shared while open
 	inflight singleflight.Group
+	reads    *blockfile.Limiter // block file reads running at once
 }
 
 type diskEntry struct {
@@ -120,7 +122,7 @@ func OpenDisk(dir string, maxBytes int64, src fetch.BlockGetter) (*Disk, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &Disk{src: src, dir: dir, max: maxBytes, lock: lock, pinned: map[string]diskEntry{}}
+	d := &Disk{src: src, dir: dir, max: maxBytes, lock: lock, pinned: map[string]diskEntry{}, reads: blockfile.NewLimiter(blockfile.DefaultPending)}
 	if err := d.open(); err != nil {
 		lock.Close()
 		return nil, err
@@ -310,13 +312,13 @@ func (d *Disk) read(ctx context.Context, key string, c cid.Cid) (data []byte, ok
 		return nil, false, false
 	}
 	p := d.path(key)
-	data, _, err := readBlockFile(ctx, p, d.Timeout)
+	data, _, err := readBlockFile(ctx, d.reads, p, d.Timeout)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		d.forget(key)
 		return nil, false, true
-	case unanswered(err):
-		d.Stats.Unanswered.Add(1)
+	case blockfile.Unanswered(err):
+		d.noteUnanswered(ctx)
 		return nil, false, true
 	case err != nil || int64(len(data)) != e.size || fetch.CheckBlock(c, data) != nil:
 		d.Stats.Corrupt.Add(1)
@@ -330,18 +332,27 @@ func (d *Disk) read(ctx context.Context, key string, c cid.Cid) (data []byte, ok
 	return data, true, true
 }
 
+// noteUnanswered counts a read that did not answer, unless its caller
+// gave up on it first (a read the kernel interrupted, a deadline of the
+// caller's): that says nothing of the disk.
+func (d *Disk) noteUnanswered(ctx context.Context) {
+	if ctx.Err() == nil {
+		d.Stats.Unanswered.Add(1)
+	}
+}
+
 // adopt indexes and returns the block file of key that another process
 // (a prefetch, another mount) wrote after this store was opened, if it is
 // there and intact; a damaged one is deleted and counted, one that does
 // not answer in time counted and left.
 func (d *Disk) adopt(ctx context.Context, key string, c cid.Cid) ([]byte, bool) {
 	p := d.path(key)
-	data, fi, err := readBlockFile(ctx, p, d.Timeout)
+	data, fi, err := readBlockFile(ctx, d.reads, p, d.Timeout)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false
 	}
-	if unanswered(err) {
-		d.Stats.Unanswered.Add(1)
+	if blockfile.Unanswered(err) {
+		d.noteUnanswered(ctx)
 		return nil, false
 	}
 	if err != nil || fetch.CheckBlock(c, data) != nil {

@@ -19,7 +19,7 @@ var ErrNotHeld = errors.New("block not held")
 // counts against the quota until GC unpins it. It fails, wrapping
 // ErrNotHeld, when the block is not stored (not fetched yet, or evicted
 // since).
-func (d *Disk) Pin(c cid.Cid) error {
+func (d *Disk) Pin(ctx context.Context, c cid.Cid) error {
 	key := string(c.Hash())
 	d.mu.Lock()
 	_, pinned, ok := d.entry(key)
@@ -28,7 +28,10 @@ func (d *Disk) Pin(c cid.Cid) error {
 		return nil
 	}
 	if !ok {
-		if _, ok := d.adopt(context.Background(), key, c); !ok {
+		if _, ok := d.adopt(ctx, key, c); !ok {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			return fmt.Errorf("%w: %s", ErrNotHeld, c)
 		}
 	}

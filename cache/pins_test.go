@@ -42,12 +42,12 @@ func TestDiskPinnedBlocksAreNotEvicted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.Pin(cids[0]); !errors.Is(err, cache.ErrNotHeld) {
+	if err := d.Pin(context.Background(), cids[0]); !errors.Is(err, cache.ErrNotHeld) {
 		t.Fatalf("pinning a block not held: %v, want ErrNotHeld", err)
 	}
 	get(t, d, cids[:3]...)
 	for _, c := range cids[:3] {
-		if err := d.Pin(c); err != nil {
+		if err := d.Pin(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -119,7 +119,7 @@ func TestDiskPinsAcrossStores(t *testing.T) {
 	// block the mount has never seen.
 	get(t, prefetchSide, cids[2])
 	for _, c := range cids[:3] {
-		if err := prefetchSide.Pin(c); err != nil {
+		if err := prefetchSide.Pin(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -196,7 +196,7 @@ func TestGC(t *testing.T) {
 	// 0, 1: needed (1 not pinned yet). 2: pinned, no longer needed, old.
 	// 3: pinned, no longer needed, recent. 4: recent. 5: old.
 	for _, i := range []int{0, 2, 3} {
-		if err := d.Pin(cids[i]); err != nil {
+		if err := d.Pin(context.Background(), cids[i]); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -107,6 +107,11 @@ func (b *Blockstore) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, err
 	return blocks.NewBlockWithCid(data, c)
 }
 
+// fileReads bounds the blockstore's file reads running at once (see
+// blockfile.Limiter): past it the blockstore is passed over at once and
+// the next source asked.
+var fileReads = blockfile.NewLimiter(blockfile.DefaultPending)
+
 // read reads the block file p within ctx and b.Timeout (see
 // blockfile.ReadBounded).
 func (b *Blockstore) read(ctx context.Context, p string) ([]byte, error) {
@@ -116,7 +121,7 @@ func (b *Blockstore) read(ctx context.Context, p string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	data, _, err := blockfile.ReadBounded(ctx, p, MaxBlockSize)
+	data, _, err := blockfile.ReadBounded(ctx, fileReads, p, MaxBlockSize)
 	return data, err
 }
 

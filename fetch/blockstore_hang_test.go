@@ -74,7 +74,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 		t.Error("a block file that hangs keeps the next source from being asked")
 	}
 
-	// Reads that never return take at most blockfile.MaxPending goroutines; past
+	// Reads that never return take at most blockfile.DefaultPending goroutines; past
 	// that the blockstore is passed over at once, not after the block's
 	// bound each time.
 	repo2 := flatfsRepo(t, "/repo/flatfs/shard/v1/prefix/2") // every SHA-256 key starts "CI"
@@ -88,8 +88,8 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 	bs2.Timeout = time.Hour
 	ctx3, cancel3 := context.WithCancel(context.Background())
 	var chans []chan result
-	want := 8 + blockfile.Pending() // the reads above have not returned either
-	for i := range blockfile.MaxPending + 8 {
+	want := 8 + fileReads.Pending() // the reads above have not returned either
+	for i := range blockfile.DefaultPending + 8 {
 		ci := rawBlock(t, []byte{byte(i), byte(i >> 8)})
 		ch := make(chan result, 1)
 		go func() { b, err := bs2.GetBlock(ctx3, ci); ch <- result{b, err} }()
@@ -108,7 +108,7 @@ func TestBlockstoreHangingFileBounded(t *testing.T) {
 			select {
 			case r := <-ch:
 				if r.err == nil || !strings.Contains(r.err.Error(), "file reads are running") {
-					t.Fatalf("past %d hung reads: %v", blockfile.MaxPending, r.err)
+					t.Fatalf("past %d hung reads: %v", blockfile.DefaultPending, r.err)
 				}
 				fast++
 				ch <- r

@@ -322,12 +322,14 @@ func (f *fileNode) prefetchSmall(stop func() bool) {
 // read a program all over, in no order read-ahead could follow, and the
 // start waits for each read in turn. It is called from READ, which
 // carries the flags of the open with OPEN or without, and which a program
-// handed a local copy for passthrough never sends.
-func (f *fileNode) prefetchExec(stop func() bool) {
+// handed a local copy for passthrough never sends. It is done once per
+// file, so it stops only on quarantine: a program that exits at once must
+// not leave the next start of it with half a fetch.
+func (f *fileNode) prefetchExec() {
 	fsys := f.sp.fs
 	if n := min(f.ln.Size, fsys.cfg.ExecAhead); n > smallFileBytes && !f.prefetched.Swap(true) {
 		fsys.Stats.ExecFetches.Add(1)
-		fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+n, stop)
+		fsys.prefetch.Prefetch(f.sp.nar, f.ln.NarOffset, f.ln.NarOffset+n, f.sp.quarantined)
 	}
 }
 
@@ -385,7 +387,7 @@ func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		nOff, walked := sp.noteWalk(f.ln, nOff, nEnd)
 		ra, stop := f.readahead(fh)
 		if sp.fs.execs.is(ctx) {
-			f.prefetchExec(stop)
+			f.prefetchExec()
 		}
 		raFrom, raTo := ra.Observe(off, end-off, size)
 		narFrom, narTo := sp.narRA.Observe(nOff, nEnd-nOff, sp.nar.Size())

@@ -16,11 +16,15 @@ import (
 // fileFetcher reads a binary cache in a local directory.
 type fileFetcher struct{ dir string }
 
+// fileReads bounds the reads of file:// binary caches running at once (see
+// blockfile.Limiter).
+var fileReads = blockfile.NewLimiter(blockfile.DefaultPending)
+
 // fetch reads name within ctx: a cache directory on a disk or network
 // file system that stopped answering holds no lookup past its bound.
 func (f fileFetcher) fetch(ctx context.Context, name string, limit int64) ([]byte, error) {
 	path := filepath.Join(f.dir, name)
-	return blockfile.Bounded(ctx, path, func() ([]byte, error) { return readCacheFile(path, limit) })
+	return blockfile.Bounded(ctx, fileReads, path, func() ([]byte, error) { return readCacheFile(path, limit) })
 }
 
 // readCacheFile reads the file path of a binary cache, of at most limit

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ipnix/ipnix/cache"
 	"github.com/ipnix/ipnix/fetch"
+	"github.com/ipnix/ipnix/internal/blockfile"
 )
 
 // walkWindow is the span of NAR bytes whose leaves are listed at once when
@@ -20,12 +21,13 @@ const walkWindow = 32 << 20
 // dagBlocks lists the blocks of the UnixFS file c that can be found
 // through bg, skipping the parts below missing inner nodes; complete says
 // whether nothing was missing on the way (leaves are not read: see
-// Status).
+// Status). A block whose read did not answer is not missing: GC would
+// drop everything below it, so that is an error.
 func dagBlocks(ctx context.Context, bg fetch.BlockGetter, c cid.Cid) (known []cid.Cid, leaves []fetch.LeafRange, complete bool, err error) {
 	f, err := fetch.OpenFile(ctx, bg, c)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil, false, ctx.Err()
+		if err := unanswered(ctx, c, err); err != nil {
+			return nil, nil, false, err
 		}
 		return []cid.Cid{c}, nil, false, nil
 	}
@@ -33,8 +35,8 @@ func dagBlocks(ctx context.Context, bg fetch.BlockGetter, c cid.Cid) (known []ci
 	for off := int64(0); off < f.Size(); off += walkWindow {
 		ls, err := f.Leaves(ctx, off, min(off+walkWindow, f.Size()))
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, nil, false, ctx.Err()
+			if err := unanswered(ctx, c, err); err != nil {
+				return nil, nil, false, err
 			}
 			complete = false
 			continue
@@ -46,6 +48,19 @@ func dagBlocks(ctx context.Context, bg fetch.BlockGetter, c cid.Cid) (known []ci
 		leaves = append(leaves, ls...)
 	}
 	return f.KnownBlocks(), leaves, complete, nil
+}
+
+// unanswered is the error to stop on when err, from reading the DAG of c,
+// says nothing of whether a block is there (ctx ended, or a read of the
+// store did not answer), or nil when err says it is absent or damaged.
+func unanswered(ctx context.Context, c cid.Cid, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case blockfile.Unanswered(err):
+		return fmt.Errorf("reading the DAG of %s: %w", c, err)
+	}
+	return nil
 }
 
 // Needed gives the keys (cache.Key) of every block of the recorded

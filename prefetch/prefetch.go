@@ -422,7 +422,7 @@ func (r *run) ensure(ctx context.Context, c cid.Cid, n *nar) error {
 		}
 	}
 	for range 3 {
-		err := r.disk.Pin(c)
+		err := r.disk.Pin(ctx, c)
 		if err == nil {
 			size, _, _ := cache.StatBlock(r.disk.Dir(), c)
 			r.done.Add(1)

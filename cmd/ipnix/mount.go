@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -164,13 +163,13 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 
 // walkAhead is how far ahead of a reader walking a store path the rest
 // of it is fetched: the blocks must still be held when the reader gets
-// there, in half the memory cache, or on disk.
+// there, in half the memory cache, or in half the disk block cache.
 func walkAhead(c *mountConfig, st *blockStack) int64 {
 	switch {
 	case !c.BackgroundFetch || c.Readahead == 0:
 		return -1
 	case st.disk != nil:
-		return math.MaxInt64
+		return max(st.disk.Max()/2, heldAhead(c))
 	}
 	return heldAhead(c)
 }
@@ -178,6 +177,12 @@ func walkAhead(c *mountConfig, st *blockStack) int64 {
 // heldAhead is how much can be fetched ahead of readers and still be in
 // the memory cache when they come: half of it.
 func heldAhead(c *mountConfig) int64 { return max(c.MemoryCache/2, 8<<20) }
+
+// execAhead is how much of a program being started is fetched at once:
+// half the memory cache, where the blocks must still be when its page
+// faults come, and at most 64 MiB (256 leaves, a quarter of read-ahead's
+// queue, which other readers share).
+func execAhead(c *mountConfig) int64 { return min(c.MemoryCache/2, 64<<20) }
 
 // fsConfig is the filesystem's configuration from the flags and the
 // block stack, all but the resolver, logger and listings hook.
@@ -206,7 +211,7 @@ func fsConfig(c *mountConfig, st *blockStack) fusefs.Config {
 		ListingMemory: c.ListingMemory,
 		NoPushPages:   c.NoPushPages,
 		WalkAhead:     walkAhead(c, st),
-		ExecAhead:     heldAhead(c),
+		ExecAhead:     execAhead(c),
 	}
 	// A background walk makes way for readers waiting for blocks when
 	// they share a link to another machine. From this machine's own

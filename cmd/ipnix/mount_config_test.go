@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"math"
 	"testing"
 
 	"github.com/ipnix/ipnix/cache"
@@ -14,7 +13,16 @@ import (
 func TestFSConfigFromFlags(t *testing.T) {
 	base := []string{"--substituter", "file:///c", "--trusted-public-key", testKey}
 	memOnly := func() *blockStack { return &blockStack{mem: cache.NewMemory(nil, 64<<20)} }
-	withDisk := func() *blockStack { st := memOnly(); st.disk = &cache.Disk{}; return st }
+	withDisk := func() *blockStack {
+		st := memOnly()
+		d, err := cache.OpenDisk(t.TempDir(), 1<<30, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		st.disk = d
+		return st
+	}
 	remote := func() *blockStack { st := memOnly(); st.remote = []string{"http://gw.example"}; return st }
 	cases := []struct {
 		name             string
@@ -24,9 +32,9 @@ func TestFSConfigFromFlags(t *testing.T) {
 		yields           bool
 	}{
 		{"defaults", []string{"/mnt"}, memOnly(), 32 << 20, 32 << 20, 0, false},
-		{"larger memory cache", []string{"--memory-cache", "1GiB", "/mnt"}, memOnly(), 512 << 20, 512 << 20, 0, false},
-		{"small memory cache", []string{"--memory-cache", "1MiB", "/mnt"}, memOnly(), 8 << 20, 8 << 20, 0, false},
-		{"disk cache: walk to the end", []string{"--cache-dir", "/c", "/mnt"}, withDisk(), math.MaxInt64, 32 << 20, 0, false},
+		{"larger memory cache", []string{"--memory-cache", "1GiB", "/mnt"}, memOnly(), 512 << 20, 64 << 20, 0, false},
+		{"small memory cache", []string{"--memory-cache", "1MiB", "/mnt"}, memOnly(), 8 << 20, 512 << 10, 0, false},
+		{"disk cache: half of it ahead", []string{"--cache-dir", "/c", "/mnt"}, withDisk(), 512 << 20, 32 << 20, 0, false},
 		{"no background fetch", []string{"--background-fetch=false", "/mnt"}, memOnly(), -1, 32 << 20, 0, false},
 		{"no read-ahead", []string{"--readahead", "0", "/mnt"}, memOnly(), -1, 32 << 20, -1, false},
 		{"remote source: the walk yields", []string{"/mnt"}, remote(), 32 << 20, 32 << 20, 0, true},

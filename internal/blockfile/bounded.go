@@ -7,36 +7,51 @@ import (
 	"io/fs"
 )
 
-// MaxPending bounds the reads of Bounded running at once, those left
-// running after their caller gave up on them included: far more than the
-// read-ahead workers and the kernel's concurrent reads, so only files that
-// stopped answering fill it.
-const MaxPending = 64
+// DefaultPending is the usual bound of a Limiter: far more than the
+// read-ahead workers and the kernel's concurrent reads, so only files
+// that stopped answering fill it.
+const DefaultPending = 64
 
-var pending = make(chan struct{}, MaxPending)
+// Limiter bounds the reads of Bounded running at once for one store,
+// those left running after their caller gave up on them included. Each
+// store has its own, so that files that stop answering in one (a kubo
+// repository whose owner points a shard at a FUSE mount of theirs) do not
+// shut another (ipnix's own disk cache) out.
+type Limiter struct{ slots chan struct{} }
 
-// ErrBusy is Bounded's answer while MaxPending reads are running: the
-// caller asks elsewhere at once rather than wait its whole bound for
-// every file of a disk that stopped answering.
+// NewLimiter returns a limiter of n reads at once.
+func NewLimiter(n int) *Limiter { return &Limiter{slots: make(chan struct{}, n)} }
+
+// Pending is the number of reads running now under l.
+func (l *Limiter) Pending() int { return len(l.slots) }
+
+// ErrBusy is Bounded's answer while its limiter is full: the caller asks
+// elsewhere at once rather than wait its whole bound for every file of a
+// disk that stopped answering.
 var ErrBusy = errors.New("file reads are running (some may never return)")
 
-// Pending is the number of Bounded reads running now.
-func Pending() int { return len(pending) }
+// Unanswered tells an error of Bounded that says nothing of the file (its
+// read did not answer within the bound, was not tried because too many had
+// not, or its caller gave up) from one that does (absent, unreadable,
+// damaged).
+func Unanswered(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, ErrBusy)
+}
 
-// Bounded runs read, a read of the file named what, within ctx. A file
-// read cannot be interrupted (a disk or network file system that stopped
-// answering holds it): when ctx ends first, read is left to finish on its
-// own goroutine, which holds one of MaxPending slots until it does, and
-// the error wraps ctx's.
-func Bounded[T any](ctx context.Context, what string, read func() (T, error)) (T, error) {
+// Bounded runs read, a read of the file named what, within ctx and a slot
+// of l. A file read cannot be interrupted (a disk or network file system
+// that stopped answering holds it): when ctx ends first, read is left to
+// finish on its own goroutine, which keeps its slot until it does, and the
+// error wraps ctx's.
+func Bounded[T any](ctx context.Context, l *Limiter, what string, read func() (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
 	select {
-	case pending <- struct{}{}:
+	case l.slots <- struct{}{}:
 	default:
-		return zero, fmt.Errorf("not reading %s: %d %w", what, MaxPending, ErrBusy)
+		return zero, fmt.Errorf("not reading %s: %d %w", what, cap(l.slots), ErrBusy)
 	}
 	type result struct {
 		v   T
@@ -44,7 +59,7 @@ func Bounded[T any](ctx context.Context, what string, read func() (T, error)) (T
 	}
 	done := make(chan result, 1)
 	go func() {
-		defer func() { <-pending }()
+		defer func() { <-l.slots }()
 		v, err := read()
 		done <- result{v, err}
 	}()
@@ -56,13 +71,13 @@ func Bounded[T any](ctx context.Context, what string, read func() (T, error)) (T
 	}
 }
 
-// ReadBounded is Read within ctx (see Bounded).
-func ReadBounded(ctx context.Context, p string, max int64) ([]byte, fs.FileInfo, error) {
+// ReadBounded is Read within ctx and a slot of l (see Bounded).
+func ReadBounded(ctx context.Context, l *Limiter, p string, max int64) ([]byte, fs.FileInfo, error) {
 	type file struct {
 		data []byte
 		fi   fs.FileInfo
 	}
-	f, err := Bounded(ctx, "block file "+p, func() (file, error) {
+	f, err := Bounded(ctx, l, "block file "+p, func() (file, error) {
 		data, fi, err := Read(p, max)
 		return file{data, fi}, err
 	})
