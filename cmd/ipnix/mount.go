@@ -114,7 +114,7 @@ func parseMountArgs(args []string, out io.Writer) (*mountConfig, error) {
 	c.Readahead = defaultReadahead
 	fs.Var(sizeValue{&c.Readahead}, "readahead", "largest window fetched ahead of a sequential reader; 0 disables")
 	fs.BoolVar(&c.NoPassthrough, "no-passthrough", false, "never hand local copies of verified files to the kernel (FUSE passthrough: Linux 6.9+, root, --cache-dir). Without passthrough the kernel opens files without asking ipnix, which is faster for many small files and slower for large files read after a remount")
-	fs.BoolVar(&c.BackgroundFetch, "background-fetch", true, "when a reader walks a store path file after file in NAR order (find, tar, cp -r, nix hash path), fetch the rest of it in the background ahead of the reader: up to half the memory cache ahead, or the whole path with a disk block cache")
+	fs.BoolVar(&c.BackgroundFetch, "background-fetch", true, "when a reader walks a store path file after file in NAR order (find, tar, cp -r, nix hash path), fetch the rest of it in the background ahead of the reader: up to half the memory cache ahead, or half the disk block cache with one")
 	fs.StringVar(&c.RangeFetch, "range-fetch", "bytes", "how read-ahead fetches runs of blocks from the first gateway: bytes (one ranged GET of the file's bytes, cut at the leaf boundaries and each leaf checked against its CID; raw leaves only), car (one trustless CAR stream), off (a request per block)")
 	fs.BoolVar(&c.BatchFetch, "batch-fetch", false, "same as --range-fetch car")
 	fs.MarkDeprecated("batch-fetch", "use --range-fetch car")
