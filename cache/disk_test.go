@@ -290,14 +290,15 @@ func BenchmarkDiskHit(b *testing.B) {
 	}
 }
 
-// A block file whose read never returns (a disk that stopped answering)
-// holds no read past its bound: the block is asked of the layer below,
-// and the file, which may be intact, is counted and left, not deleted as
-// corrupt.
-func TestDiskHangingFileBounded(t *testing.T) {
+// hangingShard is a disk store holding one block of st (fetched through
+// it, bound 200 ms), then the shard directory of that block replaced with
+// a symlink to a file system whose reads never return; indexed says
+// whether the store still lists the block.
+func hangingShard(t *testing.T, indexed bool) (d *cache.Disk, st *fetchtest.Store, c cid.Cid, shard string) {
+	t.Helper()
 	hang := hangfs.Dir(t)
-	st := fetchtest.NewStore()
-	cids := putBlocks(t, st, 1, 1000)
+	st = fetchtest.NewStore()
+	c = putBlocks(t, st, 1, 1000)[0]
 	dir := t.TempDir()
 	d, err := cache.OpenDisk(dir, 1<<20, fetch.Verify(st, nil))
 	if err != nil {
@@ -305,24 +306,36 @@ func TestDiskHangingFileBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 	d.Timeout = 200 * time.Millisecond
-	if _, err := d.GetBlock(context.Background(), cids[0]); err != nil {
+	if _, err := d.GetBlock(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
 	files, _ := blockFiles(t, dir)
 	if len(files) != 1 {
 		t.Fatalf("%d block files, want 1", len(files))
 	}
-	shard := filepath.Dir(files[0])
+	if !indexed {
+		d.Remove(c)
+	}
+	shard = filepath.Dir(files[0])
 	if err := os.RemoveAll(shard); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(hang, shard); err != nil {
 		t.Fatal(err)
 	}
+	return d, st, c, shard
+}
+
+// A block file whose read never returns (a disk that stopped answering)
+// holds no read past its bound: the block is asked of the layer below,
+// and the file, which may be intact, is counted and left, not deleted as
+// corrupt.
+func TestDiskHangingFileBounded(t *testing.T) {
+	d, st, c, shard := hangingShard(t, true)
 	gets := st.Gets.Load()
 	done := make(chan error, 1)
 	go func() {
-		b, err := d.GetBlock(context.Background(), cids[0])
+		b, err := d.GetBlock(context.Background(), c)
 		if err == nil && b.RawData()[0] != 0 {
 			err = errors.New("wrong bytes")
 		}
@@ -349,10 +362,26 @@ func TestDiskHangingFileBounded(t *testing.T) {
 	// the disk: not counted.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := d.GetBlock(ctx, cids[0]); err == nil {
+	if _, err := d.GetBlock(ctx, c); err == nil {
 		t.Error("a block past the caller's deadline")
 	}
 	if u := d.Stats.Unanswered.Load(); u != 1 {
 		t.Errorf("unanswered %d after a caller gave up, want still 1", u)
+	}
+}
+
+// Pinning a block whose file does not answer says so, rather than that
+// the block is not held (which a prefetch would take for a full disk).
+func TestPinHangingFileSaysSo(t *testing.T) {
+	d, _, c, _ := hangingShard(t, false)
+	done := make(chan error, 1)
+	go func() { done <- d.Pin(context.Background(), c) }()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, cache.ErrNotHeld) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("pinning a block whose file does not answer: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pinning a block whose file never reads did not return")
 	}
 }

@@ -282,7 +282,7 @@ func (d *Disk) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 		return blocks.NewBlockWithCid(data, c)
 	}
 	if !indexed { // another process may have written it since
-		if data, ok := d.adopt(ctx, key, c); ok {
+		if data, ok, _ := d.adopt(ctx, key, c); ok {
 			d.Stats.Hits.Add(1)
 			return blocks.NewBlockWithCid(data, c)
 		}
@@ -345,20 +345,23 @@ func (d *Disk) noteUnanswered(ctx context.Context) {
 // (a prefetch, another mount) wrote after this store was opened, if it is
 // there and intact; a damaged one is deleted and counted, one that does
 // not answer in time counted and left.
-func (d *Disk) adopt(ctx context.Context, key string, c cid.Cid) ([]byte, bool) {
+//
+// unanswered is the read's error when it did not answer: the file may be
+// there, intact.
+func (d *Disk) adopt(ctx context.Context, key string, c cid.Cid) (data []byte, ok bool, unanswered error) {
 	p := d.path(key)
 	data, fi, err := readBlockFile(ctx, d.reads, p, d.Timeout)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, false
+		return nil, false, nil
 	}
 	if blockfile.Unanswered(err) {
 		d.noteUnanswered(ctx)
-		return nil, false
+		return nil, false, err
 	}
 	if err != nil || fetch.CheckBlock(c, data) != nil {
 		d.Stats.Corrupt.Add(1)
 		os.Remove(p)
-		return nil, false
+		return nil, false, nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -367,7 +370,7 @@ func (d *Disk) adopt(ctx context.Context, key string, c cid.Cid) ([]byte, bool) 
 		d.Stats.Adopted.Add(1)
 		d.trim()
 	}
-	return data, true
+	return data, true, nil
 }
 
 // write stores a verified block; failures (a full disk) only mean it is

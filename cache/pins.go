@@ -28,9 +28,12 @@ func (d *Disk) Pin(ctx context.Context, c cid.Cid) error {
 		return nil
 	}
 	if !ok {
-		if _, ok := d.adopt(ctx, key, c); !ok {
+		if _, ok, unanswered := d.adopt(ctx, key, c); !ok {
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if unanswered != nil {
+				return fmt.Errorf("pinning %s: %w", c, unanswered)
 			}
 			return fmt.Errorf("%w: %s", ErrNotHeld, c)
 		}
