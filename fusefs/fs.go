@@ -67,7 +67,7 @@ type Config struct {
 	OnListings func(bytes int64)
 	// ExecAhead is how much of a file being executed (a program, or its
 	// ELF interpreter) is fetched at once, from its start, on the first
-	// read (default 32 MiB; needs read-ahead on).
+	// read (default 32 MiB; needs read-ahead on; negative disables).
 	ExecAhead int64
 	// WalkAhead is how far ahead of a reader walking a store path in NAR
 	// order the rest of the path is fetched in the background (see

@@ -170,19 +170,29 @@ func walkAhead(c *mountConfig, st *blockStack) int64 {
 		return -1
 	case st.disk != nil:
 		return max(st.disk.Max()/2, heldAhead(c))
+	case heldAhead(c) < minWalkAhead:
+		return -1 // nothing fetched ahead would still be there
 	}
 	return heldAhead(c)
 }
 
+// minWalkAhead is the least a walk may go ahead: one leaf.
+const minWalkAhead = 256 << 10
+
 // heldAhead is how much can be fetched ahead of readers and still be in
 // the memory cache when they come: half of it.
-func heldAhead(c *mountConfig) int64 { return max(c.MemoryCache/2, 8<<20) }
+func heldAhead(c *mountConfig) int64 { return c.MemoryCache / 2 }
 
 // execAhead is how much of a program being started is fetched at once:
 // half the memory cache, where the blocks must still be when its page
 // faults come, and at most 64 MiB (256 leaves, a quarter of read-ahead's
 // queue, which other readers share).
-func execAhead(c *mountConfig) int64 { return min(c.MemoryCache/2, 64<<20) }
+func execAhead(c *mountConfig) int64 {
+	if h := heldAhead(c); h > 0 {
+		return min(h, 64<<20)
+	}
+	return -1 // no memory cache: nothing would be held
+}
 
 // fsConfig is the filesystem's configuration from the flags and the
 // block stack, all but the resolver, logger and listings hook.

@@ -33,7 +33,8 @@ func TestFSConfigFromFlags(t *testing.T) {
 	}{
 		{"defaults", []string{"/mnt"}, memOnly(), 32 << 20, 32 << 20, 0, false},
 		{"larger memory cache", []string{"--memory-cache", "1GiB", "/mnt"}, memOnly(), 512 << 20, 64 << 20, 0, false},
-		{"small memory cache", []string{"--memory-cache", "1MiB", "/mnt"}, memOnly(), 8 << 20, 512 << 10, 0, false},
+		{"small memory cache", []string{"--memory-cache", "1MiB", "/mnt"}, memOnly(), 512 << 10, 512 << 10, 0, false},
+		{"no memory cache: no walk", []string{"--memory-cache", "0", "/mnt"}, memOnly(), -1, -1, 0, false},
 		{"disk cache: half of it ahead", []string{"--cache-dir", "/c", "/mnt"}, withDisk(), 512 << 20, 32 << 20, 0, false},
 		{"no background fetch", []string{"--background-fetch=false", "/mnt"}, memOnly(), -1, 32 << 20, 0, false},
 		{"no read-ahead", []string{"--readahead", "0", "/mnt"}, memOnly(), -1, 32 << 20, -1, false},
