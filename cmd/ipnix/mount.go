@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -178,6 +179,20 @@ func walkAhead(c *mountConfig, st *blockStack) int64 {
 
 // minWalkAhead is the least a walk may go ahead: one leaf.
 const minWalkAhead = 256 << 10
+
+// mountProcs is how many goroutines of the mount run Go code at once:
+// twice the CPUs Go would use. Reads of block files and of /dev/fuse block
+// in the kernel while holding their P until the scheduler's monitor takes
+// it back (after 20 us, or up to 10 ms once it backs off), and a cold read
+// left a core idle meanwhile: with twice the Ps, B1 cold read 441-453 ->
+// 498-524 MiB/s and B3 cold 1226 -> 1169 ms (medians of alternating
+// rounds), at the same peak RSS. GOMAXPROCS, when set, wins.
+func mountProcs(envSet bool, procs int) int {
+	if envSet {
+		return procs
+	}
+	return 2 * procs
+}
 
 // heldAhead is how much can be fetched ahead of readers and still be in
 // the memory cache when they come: half of it.
@@ -407,6 +422,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		debug.SetMemoryLimit(memoryLimit(c, 0))
 		onListings = func(b int64) { debug.SetMemoryLimit(memoryLimit(c, b)) }
 	}
+	runtime.GOMAXPROCS(mountProcs(os.Getenv("GOMAXPROCS") != "", runtime.GOMAXPROCS(0)))
 
 	st, res, runIPNS, err := openSources(ctx, blockFlags{API: c.API, Gateways: c.Gateways, BlockTimeout: c.BlockTimeout,
 		CacheDir: c.CacheDir, DiskBytes: c.CacheSize / 2, DiskBlocks: c.DiskBlocks, MemoryBytes: c.MemoryCache, RangeFetch: c.rangeFetch(), KuboRepo: c.KuboRepo},

@@ -59,3 +59,14 @@ func TestFSConfigFromFlags(t *testing.T) {
 		})
 	}
 }
+
+// The mount runs twice the Ps Go would (its reads block in the kernel
+// holding one), unless GOMAXPROCS says otherwise.
+func TestMountProcs(t *testing.T) {
+	if got := mountProcs(false, 2); got != 4 {
+		t.Errorf("2 CPUs: %d Ps, want 4", got)
+	}
+	if got := mountProcs(true, 3); got != 3 {
+		t.Errorf("GOMAXPROCS=3 set: %d Ps, want 3", got)
+	}
+}
