@@ -191,16 +191,7 @@ var faultKinds = []struct {
 // even when the block timeout is longer (a trickling server cannot
 // stretch it).
 func TestGatewayFaults(t *testing.T) {
-	st := fetchtest.NewStore()
-	data := randomBytes(1<<20+1, 77)
-	root, err := st.AddFile(data, fetchtest.DefaultOptions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := fetch.OpenFile(context.Background(), st, root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _, f := storedFile(t, 1<<20+1, 77)
 	leaves, err := f.Leaves(context.Background(), 300<<10, 300<<10+1)
 	if err != nil || len(leaves) != 1 {
 		t.Fatalf("Leaves: %v %v", leaves, err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -201,6 +202,24 @@ func FuzzParseListing(f *testing.F) {
 		if l.Entries() > 20 || l.Entries() != (&Listing{Root: l.Root}).Entries() {
 			t.Fatalf("Entries = %d, counted %d", l.Entries(), (&Listing{Root: l.Root}).Entries())
 		}
+		// Validate refuses exactly the listings with a file outside the
+		// NAR, and names a path to an entry that is outside it.
+		for _, size := range []int64{0, 100, 1 << 20} {
+			err := l.Validate(size)
+			if bad := outsideNar(l.Root, size); (err != nil) != bad {
+				t.Fatalf("Validate(%d) = %v, but a file outside the NAR: %v", size, err, bad)
+			}
+			if err != nil {
+				msg := err.Error()
+				q := msg[len("listing: "):]
+				quoted, perr := strconv.QuotedPrefix(q)
+				path, _ := strconv.Unquote(quoted)
+				n, lerr := l.Lookup(path)
+				if perr != nil || lerr != nil || !outsideNar(n, size) || n.Type != TypeRegular {
+					t.Fatalf("Validate(%d) = %v: names no file outside the NAR (%v, %v)", size, err, perr, lerr)
+				}
+			}
+		}
 		if caseVariantKeys(data) {
 			// encoding/json matches field names regardless of case;
 			// Nix (and ParseListing) do not: "Executable" is an
@@ -287,6 +306,20 @@ func TestParseListingEscapedKeys(t *testing.T) {
 	if a := l.Root.Entries["a"]; a == nil || a.Type != TypeRegular || a.Size != 3 || !a.Executable || l.Root.Entries["b"].Target != "a" {
 		t.Fatalf("entries %+v", l.Root.Entries)
 	}
+}
+
+// outsideNar tells whether a regular file under n (n included) has
+// contents outside a NAR of size bytes: Validate's rule, written plainly.
+func outsideNar(n *ListingNode, size int64) bool {
+	if n.Type == TypeRegular && (n.NarOffset <= 0 || n.Size < 0 || n.NarOffset > size || n.Size > size-n.NarOffset) {
+		return true
+	}
+	for _, c := range n.Entries {
+		if outsideNar(c, size) {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate names the entry whose contents lie outside the NAR, however

@@ -56,19 +56,7 @@ func TestCacheCopiesUncompressedNarExactly(t *testing.T) {
 	} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			nar := narOfSize(t, size)
-			from := uncompressedCache(t, nar, nar, nil)
-			to := t.TempDir()
-			p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
-				t.Fatalf("Cache: %+v, %v", sum, err)
-			}
-			got, err := os.ReadFile(filepath.Join(to, "nar/hello.nar"))
-			if err != nil || !bytes.Equal(got, nar) {
-				t.Fatalf("copied NAR: %d bytes (want %d), equal %v, %v", len(got), len(nar), bytes.Equal(got, nar), err)
-			}
+			to := copyNar(t, uncompressedCache(t, nar, nar, nil), "nar/hello.nar", nar)
 			checkNarDir(t, to, "hello.nar")
 		})
 	}
@@ -110,12 +98,11 @@ func flipped(b []byte, at int) []byte {
 	return c
 }
 
-// A NAR whose URL lies outside nar/ is copied to its URL, by way of a
-// temporary file in nar/ (where the next publish sweeps what a killed one
-// left): nothing temporary stays anywhere.
-func TestCacheCopiesNarOutsideNarDir(t *testing.T) {
-	nar := narOfSize(t, chunkSize+8)
-	from := writeCache(t, "StoreDir: /nix/store\n", "custom/sub/hello.nar", "none", nar, nar, nil)
+// copyNar publishes the binary cache from into a new directory, which it
+// returns, and checks that the copy of the one NAR at url is nar, byte for
+// byte.
+func copyNar(t *testing.T, from, url string, nar []byte) string {
+	t.Helper()
 	to := t.TempDir()
 	p, err := New(storeAdder{fetchtest.NewStore()}, Options{To: to})
 	if err != nil {
@@ -124,10 +111,20 @@ func TestCacheCopiesNarOutsideNarDir(t *testing.T) {
 	if sum, err := p.Cache(context.Background(), from); err != nil || sum.Published != 1 {
 		t.Fatalf("Cache: %+v, %v", sum, err)
 	}
-	got, err := os.ReadFile(filepath.Join(to, "custom/sub/hello.nar"))
+	got, err := os.ReadFile(filepath.Join(to, filepath.FromSlash(url)))
 	if err != nil || !bytes.Equal(got, nar) {
-		t.Fatalf("copied NAR: %d bytes (want %d), %v", len(got), len(nar), err)
+		t.Fatalf("copied NAR: %d bytes (want %d), equal %v, %v", len(got), len(nar), bytes.Equal(got, nar), err)
 	}
+	return to
+}
+
+// A NAR whose URL lies outside nar/ is copied to its URL, by way of a
+// temporary file in nar/ (where the next publish sweeps what a killed one
+// left): nothing temporary stays anywhere.
+func TestCacheCopiesNarOutsideNarDir(t *testing.T) {
+	nar := narOfSize(t, chunkSize+8)
+	from := writeCache(t, "StoreDir: /nix/store\n", "custom/sub/hello.nar", "none", nar, nar, nil)
+	to := copyNar(t, from, "custom/sub/hello.nar", nar)
 	checkNarDir(t, to)
 	ents, err := os.ReadDir(filepath.Join(to, "custom/sub"))
 	if err != nil || len(ents) != 1 || ents[0].Name() != "hello.nar" {
